@@ -1,0 +1,3 @@
+module github.com/pbn-project/pbn
+
+go 1.26.8

@@ -1,0 +1,44 @@
+package secret
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+func TestNeverPrinted(t *testing.T) {
+	s := Bytes("hunter2-hunter2")
+	for _, verb := range []string{"%v", "%s", "%x", "%X", "%q", "%#v", "%+v", "%d"} {
+		got := fmt.Sprintf(verb, s)
+		if strings.Contains(got, "hunter2") || strings.Contains(got, "68756e746572") {
+			t.Errorf("Sprintf(%q) = %q, leaks the secret", verb, got)
+		}
+	}
+	j, err := json.Marshal(struct{ S Bytes }{s})
+	if err != nil || strings.Contains(string(j), "hunter2") || strings.Contains(string(j), "aHVudGVy") {
+		t.Errorf("json.Marshal = %s, %v; leaks the secret", j, err)
+	}
+	var buf bytes.Buffer
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "password", s)
+	if strings.Contains(buf.String(), "hunter2") {
+		t.Errorf("slog wrote %q, leaks the secret", buf.String())
+	}
+}
+
+func TestWipe(t *testing.T) {
+	s := Bytes("abc")
+	c := s.Clone()
+	s.Wipe()
+	if !bytes.Equal(s, []byte{0, 0, 0}) {
+		t.Errorf("after Wipe = %v, want zeros", []byte(s))
+	}
+	if !c.Equal(Bytes("abc")) {
+		t.Errorf("Clone was wiped with its original")
+	}
+	if len(Random(32)) != 32 {
+		t.Errorf("Random(32) has the wrong length")
+	}
+}

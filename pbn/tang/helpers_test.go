@@ -155,4 +155,3 @@ func header(url string, pin []byte) *keyfile.Header {
 		Server: keyfile.Server{URL: url, PublicKey: pin},
 	}
 }
-

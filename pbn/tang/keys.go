@@ -207,7 +207,7 @@ func (ks *Keys) sign(keys []*serverKey, payload jwkSet, signers []*ecdsa.Private
 		case k.advertised:
 			ks.advBy[k] = ks.adv
 		default:
-			if ks.advBy[k], err = signAdvertisement(p, append(signers, k.signer)); err != nil {
+			if ks.advBy[k], err = signAdvertisement(p, append(slices.Clip(signers), k.signer)); err != nil {
 				return err
 			}
 		}

@@ -114,4 +114,3 @@ func TestKeyfileBadFiles(t *testing.T) {
 		t.Errorf("inspect of a missing file = %d, %q; want %d", code, out, exitError)
 	}
 }
-

@@ -51,8 +51,8 @@ func readSecretLine(r io.Reader) (secret.Bytes, error) {
 // secretReader reads the secrets a command needs: from standard input, a
 // line each, or from the terminal without echo.
 type secretReader struct {
-	stdin     bool
-	io        stdio
+	stdin bool
+	io    stdio
 }
 
 // read returns the next secret, prompting with prompt at the terminal. A

@@ -110,9 +110,9 @@ func Load(fsys FS, path string) (*KeyFile, error) {
 	case pending != nil:
 		return pending, nil
 	case errors.Is(errMain, fs.ErrNotExist) && !errors.Is(errPending, fs.ErrNotExist):
-		return nil, fmt.Errorf("key file %s: %w", path+pendingExt, errPending)
+		return nil, fmt.Errorf("%s: %w", path+pendingExt, errPending)
 	}
-	return nil, fmt.Errorf("key file %s: %w", path, errMain)
+	return nil, fmt.Errorf("%s: %w", path, errMain)
 }
 
 func readKeyFile(fsys FS, name string) (*KeyFile, error) {

@@ -2,6 +2,10 @@ module github.com/pbn-project/pbn
 
 go 1.26.8
 
-require filippo.io/nistec v0.0.4
+require (
+	filippo.io/nistec v0.0.4
+	golang.org/x/crypto v0.59.0
+	golang.org/x/term v0.48.0
+)
 
-require golang.org/x/sys v0.36.0 // indirect
+require golang.org/x/sys v0.50.0 // indirect

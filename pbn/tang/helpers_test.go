@@ -94,27 +94,35 @@ func tangdPin(t testing.TB, dir string) []byte {
 // startTangd runs Debian's tangd on dir as Debian does, one process per
 // connection (systemd socket activation there, socat's fork here), on a
 // loopback port, and returns its URL. The processes are killed when the
-// test ends.
+// test ends. A port taken between freePort and socat's bind (other tests
+// run beside these) is retried on another.
 func startTangd(t testing.TB, dir string) string {
 	t.Helper()
 	tangd := testenv.Command(t, "/usr/libexec/tangd")
 	socat := testenv.Command(t, "socat")
-	addr := freePort(t)
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command(socat,
-		"TCP-LISTEN:"+port+",bind=127.0.0.1,fork,reuseaddr,backlog=512",
-		"EXEC:"+tangd+" "+dir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	for range 3 {
+		addr := freePort(t)
+		_, port, _ := net.SplitHostPort(addr)
+		cmd := exec.Command(socat,
+			"TCP-LISTEN:"+port+",bind=127.0.0.1,fork,reuseaddr,backlog=512",
+			"EXEC:"+tangd+" "+dir)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		t.Cleanup(func() {
+			// socat and the tangd processes it forked share its group.
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		})
+		if waitListening(t, addr, exited) {
+			return "http://" + addr
+		}
 	}
-	t.Cleanup(func() {
-		// socat and the tangd processes it forked share its process group.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-	})
-	waitListening(t, addr)
-	return "http://" + addr
+	t.Fatal("socat could not listen for tangd on three ports")
+	return ""
 }
 
 // freePort returns a loopback address whose port was free a moment ago.
@@ -128,16 +136,23 @@ func freePort(t testing.TB) string {
 	return l.Addr().String()
 }
 
-func waitListening(t testing.TB, addr string) {
+// waitListening reports whether addr accepts connections within 5s,
+// giving up early when the listening process has exited.
+func waitListening(t testing.TB, addr string, exited <-chan struct{}) bool {
 	t.Helper()
 	for range 100 {
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			c.Close()
-			return
+			return true
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-exited:
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	t.Fatalf("nothing listens on %s after 5s", addr)
+	return false
 }
 
 // testContext returns a context that ends with the test, within a minute.

@@ -42,6 +42,7 @@ func (s *Server) routes() {
 	s.mux = http.NewServeMux()
 	s.route("GET /healthz", "healthz", anyone, s.healthz)
 	s.route("POST /v1/enroll", "enroll", admin, s.enroll)
+	s.route("GET /v1/exchange-key", "exchange-key", anyone, s.exchangeKey)
 	s.route("POST /v1/unlock", "unlock", device, s.unlock)
 	s.route("POST /v1/claim", "claim", device, s.claim)
 	s.route("POST /v1/revoke", "revoke", device, s.revokeOwn)

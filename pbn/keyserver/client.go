@@ -12,11 +12,13 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/secret"
 	"github.com/pbn-project/pbn/pbn/store"
+	"github.com/pbn-project/pbn/pbn/tang"
 )
 
 // DefaultClientTimeout bounds one request of a Client, its connection and
@@ -79,9 +81,11 @@ func NewClient(serverURL string, pin []byte, key crypto.Signer) (*Client, error)
 // requests.
 func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
 
-// send makes a request and returns the answer's body when the status is
-// 200; otherwise the server's refusal as an *Error.
-func (c *Client) send(ctx context.Context, method, path string, query url.Values, req any) (*http.Response, error) {
+// send makes a request for target (a path, optionally with a query) and
+// returns the answer when its status is 200; otherwise the server's
+// refusal as an *Error.
+func (c *Client) send(ctx context.Context, method, target string, req any) (*http.Response, error) {
+	path, query, _ := strings.Cut(target, "?")
 	var body io.Reader
 	if req != nil {
 		b, err := json.Marshal(req)
@@ -92,7 +96,7 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 		body = bytes.NewReader(b)
 	}
 	u := c.base.JoinPath(path)
-	u.RawQuery = query.Encode()
+	u.RawQuery = query
 	hr, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, fmt.Errorf("keyserver: %s: %w", path, err)
@@ -121,7 +125,7 @@ func (c *Client) send(ctx context.Context, method, path string, query url.Values
 
 // call sends req and parses the answer into ans.
 func (c *Client) call(ctx context.Context, method, path string, req any, ans versioned) error {
-	resp, err := c.send(ctx, method, path, nil, req)
+	resp, err := c.send(ctx, method, path, req)
 	if err != nil {
 		return err
 	}
@@ -137,16 +141,35 @@ func (c *Client) call(ctx context.Context, method, path string, req any, ans ver
 	return nil
 }
 
-// Unlock runs one Tang exchange over the TLS API for the provisioning key
-// file binding: key is the client's blinded key (a JWK) for exchange key
-// kid, and the server's answer (a JWK) comes back. It returns errors
+// Unlock runs one McCallum-Relyea exchange over the TLS API for the
+// provisioning key file binding: x is the client's blinded point for
+// exchange key kid, and the server's point comes back. It returns errors
 // matching ErrDeviceLost, ErrDeviceRetired or ErrBindingRevoked when the
-// server refuses the device.
-func (c *Client) Unlock(ctx context.Context, binding keyfile.ID, kid string, key []byte) ([]byte, error) {
+// server refuses the device, and tang.ErrUnknownKey for a retired exchange
+// key. Transport wraps it for the network factor.
+func (c *Client) Unlock(ctx context.Context, binding keyfile.ID, kid string, x []byte) ([]byte, error) {
 	var ans unlockedV1
 	err := c.call(ctx, http.MethodPost, "/v1/unlock",
-		&unlockV1{v1: v1{wireV1}, Binding: hexID(binding), KID: kid, Key: key}, &ans)
-	return ans.Key, err
+		&unlockV1{v1: v1{wireV1}, Binding: hexID(binding), KID: kid, X: x}, &ans)
+	return ans.Y, err
+}
+
+// ExchangeKey returns the server's advertised exchange key on curve, for
+// a new binding. The pinned TLS connection vouches for it.
+func (c *Client) ExchangeKey(ctx context.Context, curve string) (tang.ExchangeKey, error) {
+	var ans exchangeKeyV1
+	err := c.call(ctx, http.MethodGet, "/v1/exchange-key?curve="+url.QueryEscape(curve), nil, &ans)
+	if err != nil {
+		return tang.ExchangeKey{}, err
+	}
+	k, err := tang.ParseExchangeKey(ans.Key)
+	if err != nil {
+		return k, fmt.Errorf("keyserver: exchange key: %w", err)
+	}
+	if k.Curve != curve {
+		return k, fmt.Errorf("keyserver: exchange key on %s, want %s", k.Curve, curve)
+	}
+	return k, nil
 }
 
 // ClaimRequest is the secure-moment claim of a device by a user.
@@ -162,19 +185,13 @@ type ClaimRequest struct {
 	RecoveryKey secret.Bytes
 }
 
-// GroupKey is the key of one group the user belongs to.
-type GroupKey struct {
-	SID, Name string
-	Key       secret.Bytes
-}
-
 // Claim is the server's answer to a claim: the user as the directory
 // knows them, and the keys of their key file.
 type Claim struct {
 	UPN, SID string
 	// Primary tells whether the user is the device's first user.
 	Primary    bool
-	Groups     []GroupKey
+	Groups     []keyfile.GroupKey
 	Enterprise secret.Bytes
 	Policy     store.Policy
 }
@@ -202,7 +219,7 @@ func (c *Client) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 	cl := &Claim{UPN: ans.UPN, SID: ans.SID, Primary: ans.Primary,
 		Enterprise: ans.Enterprise, Policy: ans.Policy}
 	for _, g := range ans.Groups {
-		cl.Groups = append(cl.Groups, GroupKey{g.SID, g.Name, g.Key})
+		cl.Groups = append(cl.Groups, keyfile.GroupKey{SID: g.SID, Name: g.Name, Key: g.Key})
 	}
 	return cl, nil
 }
@@ -219,9 +236,9 @@ func (c *Client) Revoke(ctx context.Context, binding keyfile.ID) error {
 type Provisioning struct {
 	// Server is the server to bind the key file to: its URL and pinned key.
 	Server keyfile.Server
-	// Advertisement is the signed Tang advertisement for the key file's
-	// network protector; empty when the server has no exchange.
-	Advertisement []byte
+	// ExchangeKey is the server's PBN-mode exchange key; zero when the
+	// server has no exchange.
+	ExchangeKey tang.ExchangeKey
 	// Policy is the policy of the device's group.
 	Policy store.Policy
 }
@@ -236,8 +253,14 @@ func (c *Client) Enroll(ctx context.Context, d store.Device, binding keyfile.ID)
 	if err != nil {
 		return nil, err
 	}
-	return &Provisioning{Server: keyfile.Server{URL: ans.URL, PublicKey: ans.ServerKey},
-		Advertisement: ans.Advertisement, Policy: ans.Policy}, nil
+	p := &Provisioning{Server: keyfile.Server{URL: ans.URL, PublicKey: ans.ServerKey},
+		Policy: ans.Policy}
+	if len(ans.ExchangeKey) > 0 {
+		if p.ExchangeKey, err = tang.ParseExchangeKey(ans.ExchangeKey); err != nil {
+			return nil, fmt.Errorf("keyserver: enroll: exchange key: %w", err)
+		}
+	}
+	return p, nil
 }
 
 // DeviceInfo is a device as an administrator sees it.
@@ -339,7 +362,7 @@ func (c *Client) Audit(ctx context.Context, q AuditQuery, fn func(store.Event) e
 			v.Set("limit", fmt.Sprint(q.Limit))
 		}
 	}
-	resp, err := c.send(ctx, http.MethodGet, "/v1/admin/audit", v, nil)
+	resp, err := c.send(ctx, http.MethodGet, "/v1/admin/audit?"+v.Encode(), nil)
 	if err != nil {
 		return err
 	}

@@ -3,24 +3,23 @@ package keyserver
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/store"
+	"github.com/pbn-project/pbn/pbn/tang"
 )
 
 // Exchanger is the server's half of the McCallum-Relyea exchange of Tang,
-// which PBN-mode unlock runs over the TLS API; package pbn/tang provides
-// it.
+// which PBN-mode unlock runs over the TLS API; *tang.Keys is one.
 type Exchanger interface {
-	// Advertisement returns the signed advertisement (a JWS, RFC 7515)
-	// that a key file's network protector binds to.
-	Advertisement() ([]byte, error)
-	// Recover answers the client's blinded key jwk (a JWK, RFC 7517) with
-	// the exchange key kid, as Tang's POST /rec/{kid} does. It returns an
-	// error for an unknown kid or a key that is not a point on the curve.
-	Recover(kid string, jwk []byte) ([]byte, error)
+	// ExchangeKey returns the advertised exchange key on curve, and
+	// whether there is one.
+	ExchangeKey(curve string) (tang.ExchangeKey, bool)
+	// Exchange multiplies the client's point x by exchange key kid. It
+	// returns tang.ErrUnknownKey for an unknown kid and an error for a
+	// point not on the curve.
+	Exchange(kid string, x []byte) ([]byte, error)
 }
 
 // enroll records a device at imaging and binds its provisioning key file.
@@ -34,10 +33,6 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request, c caller) error 
 		return refuse(codeBadRequest, "key file %s is bound already", keyfile.ID(m.Binding))
 	}
 	p, err := s.cfg.Store.Policy(ctx, m.Group)
-	if err != nil {
-		return err
-	}
-	adv, err := s.advertisement()
 	if err != nil {
 		return err
 	}
@@ -59,20 +54,20 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request, c caller) error 
 		return err
 	}
 	return reply(w, &provisioningV1{v1: v1{wireV1}, URL: s.cfg.URL, ServerKey: s.pub,
-		Advertisement: adv, Policy: p})
+		ExchangeKey: s.pbnExchangeKey(), Policy: p})
 }
 
-// advertisement returns the exchange's advertisement, or nothing when the
-// server has no exchange.
-func (s *Server) advertisement() (json.RawMessage, error) {
+// pbnExchangeKey returns the P-256 exchange key as a JWK, or nothing when
+// the server has no exchange.
+func (s *Server) pbnExchangeKey() json.RawMessage {
 	if s.cfg.Exchange == nil {
-		return nil, nil
+		return nil
 	}
-	adv, err := s.cfg.Exchange.Advertisement()
-	if err != nil {
-		return nil, fmt.Errorf("advertisement: %w", err)
+	k, ok := s.cfg.Exchange.ExchangeKey(PBNCurve)
+	if !ok {
+		return nil
 	}
-	return adv, nil
+	return k.JWK()
 }
 
 // activeBinding checks that key file id is bound to the calling device and

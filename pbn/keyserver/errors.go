@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/pbn-project/pbn/pbn/tang"
 )
 
 // Errors that callers branch on. The client's methods return an *Error
@@ -57,14 +59,16 @@ var (
 	codeNotAllowed     = code{"not-allowed", http.StatusForbidden, ErrNotAllowed}
 	codeTooManyUsers   = code{"too-many-users", http.StatusForbidden, ErrTooManyUsers}
 	codeNotFound       = code{"not-found", http.StatusNotFound, ErrNotFound}
-	codeUnavailable    = code{"unavailable", http.StatusServiceUnavailable, ErrUnavailable}
-	codeInternal       = code{"internal", http.StatusInternalServerError, nil}
+	// codeUnknownExchangeKey is tang's ErrUnknownKey: the key was retired.
+	codeUnknownExchangeKey = code{"unknown-exchange-key", http.StatusNotFound, tang.ErrUnknownKey}
+	codeUnavailable        = code{"unavailable", http.StatusServiceUnavailable, ErrUnavailable}
+	codeInternal           = code{"internal", http.StatusInternalServerError, nil}
 )
 
 var codes = []code{
 	codeBadRequest, codeTooLarge, codeUnknownKey, codeDeviceLost, codeDeviceRetired,
 	codeBindingRevoked, codeLoginRefused, codeNotAllowed, codeTooManyUsers, codeNotFound,
-	codeUnavailable, codeInternal,
+	codeUnknownExchangeKey, codeUnavailable, codeInternal,
 }
 
 // refusal is a handler's error that becomes an error answer. Its message

@@ -17,6 +17,7 @@ import (
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/secret"
 	"github.com/pbn-project/pbn/pbn/store"
+	"github.com/pbn-project/pbn/pbn/tang"
 )
 
 // testServer is a key server on loopback with its own SQLite store.
@@ -64,7 +65,8 @@ func startServer(t testing.TB, st *store.Store, serverKey crypto.Signer, opts ..
 		t.Fatal(err)
 	}
 	ts := &testServer{store: st, url: "https://" + ln.Addr().String()}
-	cfg := Config{Store: st, Key: serverKey, URL: ts.url, Directory: testDirectory}
+	cfg := Config{Store: st, Key: serverKey, URL: ts.url, Directory: testDirectory,
+		Exchange: tangKeys(t)}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -90,6 +92,20 @@ func startServer(t testing.TB, st *store.Store, serverKey crypto.Signer, opts ..
 	}
 	ts.admin = ts.client(t, adminKey)
 	return ts
+}
+
+// tangKeys makes a fresh Tang key directory, P-256 exchange key included.
+func tangKeys(t testing.TB) *tang.Keys {
+	t.Helper()
+	dir := t.TempDir()
+	if err := tang.GenerateKeys(dir); err != nil {
+		t.Fatal(err)
+	}
+	ks, err := tang.LoadKeys(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
 }
 
 // client returns a client of ts that proves itself with key.

@@ -137,17 +137,17 @@ type provisioningV1 struct {
 	v1
 	URL       string `json:"url"`
 	ServerKey []byte `json:"server_key"`
-	// Advertisement is the Tang advertisement (a JWS) the key file's
-	// network protector binds to.
-	Advertisement json.RawMessage `json:"advertisement,omitempty"`
-	Policy        store.Policy    `json:"policy"`
+	// ExchangeKey is the server's P-256 exchange key (a JWK) that the
+	// key file's network protector binds to in PBN mode.
+	ExchangeKey json.RawMessage `json:"exchange_key,omitempty"`
+	Policy      store.Policy    `json:"policy"`
 }
 
 func (m *provisioningV1) check() error {
 	var c checks
 	c.text("url", m.URL, maxName, true)
 	c.bytes("server_key", m.ServerKey, true)
-	c.need(len(m.Advertisement) <= maxBody/2, "advertisement: too long")
+	c.bytes("exchange_key", m.ExchangeKey, false)
 	c.need(m.Policy.Check() == nil, "policy: %v", m.Policy.Check())
 	return c.err()
 }
@@ -358,31 +358,48 @@ func (m *eventV1) check() error {
 	return c.err()
 }
 
-// unlockV1 is one PBN-mode unlock (POST /v1/unlock): Tang's recovery
-// request for exchange key KID with the blinded key Key (a JWK), for the
-// provisioning key file Binding.
+// unlockV1 is one PBN-mode unlock (POST /v1/unlock): the McCallum-Relyea
+// exchange of Tang for exchange key KID with the client's blinded point X
+// (uncompressed SEC 1), for the provisioning key file Binding.
 type unlockV1 struct {
 	v1
-	Binding hexID           `json:"binding"`
-	KID     string          `json:"kid"`
-	Key     json.RawMessage `json:"key"`
+	Binding hexID  `json:"binding"`
+	KID     string `json:"kid"`
+	X       []byte `json:"x"`
 }
+
+// maxPoint bounds an uncompressed point: 133 bytes on P-521.
+const maxPoint = 1 + 2*66
 
 func (m *unlockV1) check() error {
 	var c checks
 	c.id("binding", m.Binding)
 	c.text("kid", m.KID, maxName, true)
-	c.bytes("key", m.Key, true)
+	c.need(len(m.X) > 0 && len(m.X) <= maxPoint, "x: want 1 to %d bytes", maxPoint)
 	return c.err()
 }
 
-// unlockedV1 answers unlockV1 with Tang's answer, a JWK.
+// unlockedV1 answers unlockV1 with the server's point Y.
 type unlockedV1 struct {
+	v1
+	Y []byte `json:"y"`
+}
+
+func (m *unlockedV1) check() error {
+	var c checks
+	c.need(len(m.Y) > 0 && len(m.Y) <= maxPoint, "y: want 1 to %d bytes", maxPoint)
+	return c.err()
+}
+
+// exchangeKeyV1 answers GET /v1/exchange-key?curve=NAME with the server's
+// advertised exchange key on that curve, a JWK as Tang advertises it. Its
+// authenticity comes from the pinned TLS connection.
+type exchangeKeyV1 struct {
 	v1
 	Key json.RawMessage `json:"key"`
 }
 
-func (m *unlockedV1) check() error {
+func (m *exchangeKeyV1) check() error {
 	var c checks
 	c.bytes("key", m.Key, true)
 	return c.err()

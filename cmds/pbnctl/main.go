@@ -19,6 +19,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/pbn-project/pbn/pbn/secret"
 )
 
 // stdio is what a command reads and writes.
@@ -75,6 +77,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if err := secret.DisableCoreDumps(); err != nil {
+		log.Warn("secrets may reach a core dump", "err", err)
+	}
 	err := run(ctx, stdio{os.Stdin, os.Stdout, os.Stderr, log}, os.Args[1:])
 	os.Exit(report(os.Stderr, err))
 }

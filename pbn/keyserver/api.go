@@ -64,6 +64,8 @@ func (s *Server) routes() {
 func (s *Server) route(pattern, name string, a access, h handler) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		s.inFlight.Add(1)
+		defer s.inFlight.Add(-1)
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		c, err := s.authenticate(r, a)
 		if err == nil {
@@ -145,7 +147,11 @@ func readRequest(w http.ResponseWriter, r *http.Request, m versioned) ([]byte, e
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
 		clear(b)
-		return nil, err
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, err
+		}
+		return nil, refuse(codeBadRequest, "reading the request body: %v", err)
 	}
 	if err := decodeV1(b, m); err != nil {
 		clear(b)

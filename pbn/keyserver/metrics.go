@@ -2,6 +2,7 @@ package keyserver
 
 import (
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,7 +15,7 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, inFlight *atomic.Int64) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbnd_requests_total",
@@ -30,7 +31,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		r := prometheus.NewRegistry()
 		m.gatherer, reg = r, r
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration} {
+	busy := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pbnd_requests_in_flight",
+		Help: "Requests of the TLS API being handled.",
+	}, func() float64 { return float64(inFlight.Load()) })
+	for _, c := range []prometheus.Collector{m.requests, m.duration, busy} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

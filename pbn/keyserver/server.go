@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -106,6 +107,8 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	mux     *http.ServeMux
+	// inFlight counts the requests being handled.
+	inFlight atomic.Int64
 }
 
 // New makes a server from cfg.
@@ -131,7 +134,7 @@ func New(cfg Config) (*Server, error) {
 	if s.pub, err = PublicKey(cfg.Key); err != nil {
 		return nil, err
 	}
-	if s.metrics, err = newMetrics(cfg.Registerer); err != nil {
+	if s.metrics, err = newMetrics(cfg.Registerer, &s.inFlight); err != nil {
 		return nil, err
 	}
 	s.routes()

@@ -60,10 +60,20 @@ func MarshalKey(k crypto.Signer) ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
-func createKey(path string) (crypto.Signer, error) {
+// NewKey makes an ECDSA P-256 key, the kind that keeps TLS handshakes
+// cheap.
+func NewKey() (crypto.Signer, error) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("keyserver: key: %w", err)
+	}
+	return k, nil
+}
+
+func createKey(path string) (crypto.Signer, error) {
+	k, err := NewKey()
+	if err != nil {
+		return nil, err
 	}
 	b, err := MarshalKey(k)
 	if err != nil {

@@ -41,6 +41,10 @@ type command struct {
 var commands = []command{
 	// One line a command; each command's code lives in its own file.
 	{"keyfile", "create, inspect and open key files; add and remove protectors", runKeyfile},
+	{"device", "the key server's devices: list, show, mark lost, retire", runDevice},
+	{"recovery", "read a device's escrowed recovery key, with the reason recorded", runRecovery},
+	{"audit", "the key server's audit trail: tail, export as JSON lines", runAudit},
+	{"policy", "device group policies: show, set", runPolicy},
 }
 
 // Exit codes shared by every command; each command documents its own above

@@ -105,8 +105,11 @@ func (c *Client) send(ctx context.Context, method, target string, req any) (*htt
 		hr.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(hr)
-	if err != nil {
+	if errors.Is(err, ErrServerNotPinned) {
 		return nil, fmt.Errorf("keyserver: %s: %w", path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keyserver: %s: %w: %w", path, ErrUnreachable, err)
 	}
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil

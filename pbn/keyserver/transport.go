@@ -20,7 +20,8 @@ import (
 //
 // Besides the key server's refusals (ErrDeviceLost, ErrDeviceRetired,
 // ErrBindingRevoked), its errors match tang.ErrUntrusted when the server
-// is not the pinned one and tang.ErrUnreachable when it cannot be reached.
+// is not the pinned one and tang.ErrUnreachable when it cannot be reached
+// or is unavailable.
 type Transport struct {
 	// Key is the device's signing key: on a device, the TPM helper's
 	// (*tpm.TPM).DeviceKey.
@@ -74,12 +75,11 @@ func (t *Transport) Exchange(ctx context.Context, h *keyfile.Header, srv keyfile
 
 // transportError adds tang's sentinels to the client's errors.
 func transportError(err error) error {
-	var refused *Error
 	switch {
-	case err == nil, errors.As(err, &refused):
-		return err
 	case errors.Is(err, ErrServerNotPinned):
 		return fmt.Errorf("%w: %w", tang.ErrUntrusted, err)
+	case errors.Is(err, ErrUnreachable), errors.Is(err, ErrUnavailable):
+		return fmt.Errorf("%w: %w", tang.ErrUnreachable, err)
 	}
-	return fmt.Errorf("%w: %w", tang.ErrUnreachable, err)
+	return err
 }

@@ -3,6 +3,7 @@ package keyserver
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
@@ -31,6 +32,14 @@ type Transport struct {
 	clients map[string]*Client
 }
 
+// unlockCurves are the TLS key exchanges of unlocks: X25519 alone, without
+// the post-quantum hybrid that crypto/tls offers first. What an unlock
+// carries needs no confidentiality (plain Tang sends the same points in
+// the clear; they are blinded), only the authentication of both sides, so
+// the hybrid's cost buys nothing here. Claims, which carry passwords and
+// keys, keep the defaults.
+var unlockCurves = []tls.CurveID{tls.X25519}
+
 // client returns the client of srv, made on first use.
 func (t *Transport) client(srv keyfile.Server) (*Client, error) {
 	t.mu.Lock()
@@ -39,7 +48,7 @@ func (t *Transport) client(srv keyfile.Server) (*Client, error) {
 	if c, ok := t.clients[id]; ok {
 		return c, nil
 	}
-	c, err := NewClient(srv.URL, srv.PublicKey, t.Key)
+	c, err := newClient(srv.URL, srv.PublicKey, t.Key, unlockCurves)
 	if err != nil {
 		return nil, err
 	}

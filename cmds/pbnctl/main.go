@@ -38,6 +38,7 @@ type command struct {
 // commands lists pbnctl's commands in the order -h shows them.
 var commands = []command{
 	// One line a command; each command's code lives in its own file.
+	{"ad", "Active Directory checks: ad login", runAD},
 }
 
 // Exit codes shared by every command; each command documents its own above

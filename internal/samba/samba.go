@@ -16,8 +16,13 @@
 //	}
 //
 // The DC runs Samba's ldap and dns services only (no Kerberos, SMB or RPC),
-// in Samba's single-process model, and stops when Close is called, when the
-// test process dies (its standard input closes) or after an hour at most.
+// in Samba's single-process model. It stops when Close is called, when the
+// test process dies (PR_SET_PDEATHSIG, and its standard input closes), or
+// after an hour at most. A test process killed outright leaves its address
+// on lo; a later DC skips an address that is taken.
+//
+// TODO: a DC inside a network namespace of the QEMU lab (samba run through
+// ip netns exec, on the lab's address), so that guests can reach it.
 package samba
 
 import (
@@ -32,6 +37,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -209,11 +215,38 @@ func (d *DC) provision(ctx context.Context, tlsDir string) error {
 	if err := os.MkdirAll(run, 0o755); err != nil {
 		return fmt.Errorf("samba: %w", err)
 	}
-	out, err := exec.CommandContext(ctx, "samba-tool", args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "samba-tool", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	wait, err := startOrphanSafe(cmd)
 	if err != nil {
-		return fmt.Errorf("samba: provision: %w\n%s", err, tail(out))
+		return fmt.Errorf("samba: provision: %w", err)
+	}
+	if err := <-wait; err != nil {
+		return fmt.Errorf("samba: provision: %w\n%s", err, tail(out.Bytes()))
 	}
 	return nil
+}
+
+// startOrphanSafe starts cmd in its own process group, to be killed when
+// this process dies (PR_SET_PDEATHSIG), and returns a channel that yields
+// cmd.Wait's result. The kernel sends that signal when the thread that
+// forked the child exits, so the fork and the wait happen on one locked
+// thread, which lives as long as the child.
+func startOrphanSafe(cmd *exec.Cmd) (<-chan error, error) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	started, wait := make(chan error), make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		wait <- cmd.Wait()
+	}()
+	return wait, <-started
 }
 
 // run starts samba in the foreground, in its own process group.
@@ -231,8 +264,7 @@ func (d *DC) run() error {
 	cmd := exec.Command("samba", "-i", "-M", "single", "-s", d.conf(),
 		fmt.Sprintf("--maximum-runtime=%d", int(maxRuntime.Seconds())))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = r, logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = cmd.Start()
+	wait, err := startOrphanSafe(cmd)
 	r.Close()
 	logf.Close()
 	if err != nil {
@@ -241,7 +273,7 @@ func (d *DC) run() error {
 	}
 	d.cmd, d.stdin = cmd, w
 	go func() {
-		d.err = cmd.Wait()
+		d.err = <-wait
 		close(d.exit)
 	}()
 	return nil

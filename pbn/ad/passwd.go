@@ -85,8 +85,8 @@ const (
 func changeError(account, dc string, err error) error {
 	e := &Error{Reason: Other, Account: account, DC: dc, Err: err}
 	var le *ldap.Error
-	if !errors.As(err, &le) {
-		return err // not answered; withDC tries the next DC
+	if !errors.As(err, &le) || le.ResultCode >= ldap.ErrorNetwork {
+		return e // not answered: withDC tries the next DC
 	}
 	switch code, _ := LeadingCode(le.Err.Error()); {
 	case code == errorInvalidPassword:

@@ -104,7 +104,7 @@ func (d *DC) setState(ctx context.Context, c *ldap.Conn, dn string, u User) erro
 	}
 	switch u.State {
 	case AccountExpired:
-		return replace("accountExpires", strconv.FormatInt(FileTime(time.Now().Add(-24*time.Hour)), 10))
+		return replace("accountExpires", strconv.FormatInt(fileTime(time.Now().Add(-24*time.Hour)), 10))
 	case MustChange:
 		return replace("pwdLastSet", "0")
 	case LogonHoursDenied:
@@ -182,7 +182,7 @@ db.modify(m, controls=["local_oid:1.3.6.1.4.1.7165.4.3.20:0"])
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, py, "-c", script, d.conf(), dn,
-		strconv.FormatInt(FileTime(t), 10)).CombinedOutput()
+		strconv.FormatInt(fileTime(t), 10)).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("set pwdLastSet: %w: %s", err, tail(out))
 	}
@@ -231,23 +231,6 @@ func (d *DC) AddGroup(name string, members ...string) (string, error) {
 	return dn, nil
 }
 
-// SetPassword sets a user's password as the administrator (a reset, not a
-// change) and clears must-change, so that a test can undo another's change.
-func (d *DC) SetPassword(dn, password string) error {
-	c, err := d.admin()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	m := ldap.NewModifyRequest(dn, nil)
-	m.Replace("unicodePwd", []string{unicodePwd(password)})
-	m.Replace("pwdLastSet", []string{"-1"})
-	if err := c.Modify(m); err != nil {
-		return fmt.Errorf("samba: set password of %s: %w", dn, err)
-	}
-	return nil
-}
-
 // admin returns a connection bound as Administrator.
 func (d *DC) admin() (*ldap.Conn, error) {
 	c, err := d.dial()
@@ -272,9 +255,9 @@ func unicodePwd(pw string) string {
 	return string(b)
 }
 
-// FileTime returns t as AD stores times: 100 ns intervals since 1601-01-01
+// fileTime returns t as AD stores times: 100 ns intervals since 1601-01-01
 // UTC (MS-DTYP 2.3.3 FILETIME).
-func FileTime(t time.Time) int64 {
+func fileTime(t time.Time) int64 {
 	const epochDiff = 11644473600 // seconds from 1601 to 1970
 	return (t.Unix()+epochDiff)*1e7 + int64(t.Nanosecond()/100)
 }

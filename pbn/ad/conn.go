@@ -108,8 +108,6 @@ func (s *session) bind(name string, pw secret.Bytes) error {
 		return errors.New("empty password") // an anonymous bind; never sent
 	}
 	s.trips++
-	// TODO: go-ldap copies the password into its BER packet, which only
-	// the garbage collector frees; wiping it would need our own bind encoder.
 	_, err := s.conn.SimpleBind(ldap.NewSimpleBindRequest(name, view(pw), nil))
 	return answered(err)
 }
@@ -128,6 +126,10 @@ func (s *session) modify(req *ldap.ModifyRequest) error {
 // view returns b as a string without copying it, for go-ldap's string
 // parameters. The string shares b's memory: it must not outlive the call it
 // is passed to, and b's Wipe clears it too.
+//
+// TODO: go-ldap still copies the value into its BER packet, which only the
+// garbage collector frees; wiping that copy needs our own encoder of the bind
+// and modify requests.
 func view(b secret.Bytes) string {
 	return unsafe.String(unsafe.SliceData(b), len(b))
 }

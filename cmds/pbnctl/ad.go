@@ -7,11 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/pbn-project/pbn/pbn/ad"
-	"github.com/pbn-project/pbn/pbn/secret"
-	"golang.org/x/term"
 )
 
 // adCommands are pbnctl ad's subcommands.
@@ -51,19 +48,10 @@ var adExitCodes = []struct {
 	{ad.EmptyPassword, 22},
 }
 
-// maxPassword bounds a password read from standard input.
-const maxPassword = 1024
-
-// repeated is a flag that may be given many times.
-type repeated []string
-
-func (r *repeated) String() string     { return strings.Join(*r, ",") }
-func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
-
 func adLogin(ctx context.Context, io stdio, args []string) error {
 	fs := flag.NewFlagSet("pbnctl ad login", flag.ContinueOnError)
 	fs.SetOutput(io.err)
-	var dcs, owners, admins repeated
+	var dcs, owners, admins multiFlag
 	fs.Var(&dcs, "dc", "domain controller `URL`, ldaps://host[:port] or ldap://host[:port] for StartTLS; repeat to fail over (default: DNS SRV of the domain)")
 	caFile := fs.String("ca", "", "PEM `file` of the CA to pin (required)")
 	domain := fs.String("domain", "", "the domain's DNS `name` (default: the account's UPN suffix)")
@@ -120,7 +108,7 @@ func adLogin(ctx context.Context, io stdio, args []string) error {
 		return usageError("ad login: %v", err)
 	}
 
-	pw, err := readPassword(io, *stdin)
+	pw, err := secretReader{*stdin, io}.read("password", false)
 	if err != nil {
 		return fmt.Errorf("ad login: %w", err)
 	}
@@ -143,52 +131,6 @@ func adExitCode(err error) int {
 		}
 	}
 	return exitError
-}
-
-// readPassword reads the password from the first line of standard input, or
-// without echo from the terminal.
-func readPassword(io stdio, fromStdin bool) (secret.Bytes, error) {
-	if fromStdin {
-		return readLine(io.in)
-	}
-	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("no terminal to read the password from (use --password-stdin): %w", err)
-	}
-	defer tty.Close()
-	fmt.Fprint(tty, "Password: ")
-	pw, err := term.ReadPassword(int(tty.Fd()))
-	fmt.Fprintln(tty)
-	return pw, err
-}
-
-// readLine reads one line of at most maxPassword bytes into a secret, one
-// byte at a time so that nothing past the line is consumed or copied.
-func readLine(r io.Reader) (secret.Bytes, error) {
-	buf := make(secret.Bytes, maxPassword)
-	n := 0
-	var b [1]byte
-	for {
-		_, err := io.ReadFull(r, b[:])
-		if err != nil && (!errors.Is(err, io.EOF) || n == 0) {
-			buf.Wipe()
-			return nil, fmt.Errorf("read the password: %w", err)
-		}
-		if err != nil || b[0] == '\n' {
-			break
-		}
-		if n == maxPassword {
-			buf.Wipe()
-			return nil, fmt.Errorf("password longer than %d bytes", maxPassword)
-		}
-		buf[n] = b[0]
-		n++
-	}
-	b[0] = 0
-	if n > 0 && buf[n-1] == '\r' {
-		n--
-	}
-	return buf[:n], nil
 }
 
 // printIdentity prints who signed in, one field a line.

@@ -119,20 +119,3 @@ func TestADHelp(t *testing.T) {
 		}
 	}
 }
-
-func TestReadLine(t *testing.T) {
-	for _, tt := range []struct{ in, want string }{
-		{"pw\nrest", "pw"}, {"pw\r\n", "pw"}, {"pw", "pw"}, {"\n", ""},
-	} {
-		got, err := readLine(strings.NewReader(tt.in))
-		if err != nil || string(got) != tt.want {
-			t.Errorf("readLine(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
-		}
-	}
-	if _, err := readLine(strings.NewReader(strings.Repeat("a", maxPassword+1))); err == nil {
-		t.Errorf("readLine accepted a password longer than %d bytes", maxPassword)
-	}
-	if _, err := readLine(strings.NewReader("")); err == nil {
-		t.Errorf("readLine accepted no input")
-	}
-}

@@ -32,9 +32,9 @@ func TestStates(t *testing.T) {
 		{LogonHoursDenied, "data 530,"},
 		{WorkstationDenied, "data 531,"},
 	}
-	for i, tt := range tests {
-		name := "state" + string(rune('a'+i))
-		t.Run(name, func(t *testing.T) {
+	for _, tt := range tests {
+		name := "s-" + tt.state.String() // at most 20, as sAMAccountName allows
+		t.Run(tt.state.String(), func(t *testing.T) {
 			if _, err := dc.AddUser(context.Background(), User{Name: name, Password: "Pass-w0rd-1", State: tt.state}); err != nil {
 				t.Fatal(err)
 			}
@@ -47,9 +47,9 @@ func TestStates(t *testing.T) {
 			var le *ldap.Error
 			switch {
 			case tt.want == "" && err != nil:
-				t.Errorf("Bind(state %d) = %v, want success", tt.state, err)
+				t.Errorf("Bind(%v) = %v, want success", tt.state, err)
 			case tt.want != "" && (!errors.As(err, &le) || !strings.Contains(le.Err.Error(), tt.want)):
-				t.Errorf("Bind(state %d) = %v, want invalid credentials with %q", tt.state, err, tt.want)
+				t.Errorf("Bind(%v) = %v, want invalid credentials with %q", tt.state, err, tt.want)
 			}
 		})
 	}

@@ -40,6 +40,17 @@ const (
 	WorkstationDenied
 )
 
+var stateNames = [...]string{"active", "disabled", "locked", "account-expired",
+	"password-expired", "must-change", "logon-hours-denied", "workstation-denied"}
+
+// String names the state, for test names and logs.
+func (s State) String() string {
+	if s < 0 || int(s) >= len(stateNames) {
+		return "state" + strconv.Itoa(int(s))
+	}
+	return stateNames[s]
+}
+
 // LockoutThreshold is how many wrong passwords lock a Locked user.
 const LockoutThreshold = 3
 

@@ -331,6 +331,17 @@ func TestFailover(t *testing.T) {
 	if slowAccepted() == 0 {
 		t.Errorf("the slow DC was never tried")
 	}
+
+	// The caller's deadline ends the wait for a slow DC before its own
+	// timeout does, and stops the failover.
+	cfg := f.config("ldaps://"+slow, f.dc.LDAPS())
+	cfg.Timeouts = Timeouts{Connect: time.Minute, DC: time.Minute}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := f.client(t, cfg).Login(ctx, "alice", secret.Bytes(password))
+	if ReasonOf(err) != Unreachable || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Login past the caller's deadline = %v, want Unreachable from the deadline", err)
+	}
 }
 
 func TestStartTLS(t *testing.T) {

@@ -425,19 +425,25 @@ func TestEmptyPasswordSendsNothing(t *testing.T) {
 
 func TestDNSDiscovery(t *testing.T) {
 	f := setup(t)
-	cfg := f.config()
-	cfg.DCs = nil
-	cfg.LDAPS = true
-	cfg.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer // the DC's own DNS server, never the system's
 		return d.DialContext(ctx, network, net.JoinHostPort(f.dc.Addr.String(), "53"))
 	}}
-	id, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password))
-	if err != nil {
-		t.Fatalf("Login with DCs from DNS SRV: %v", err)
-	}
-	if want := "ldaps://" + f.dc.Host + ":636"; id.DC != want {
-		t.Errorf("DC = %s, want %s", id.DC, want)
+	for _, tt := range []struct {
+		ldaps bool
+		want  string
+	}{
+		{true, "ldaps://" + f.dc.Host + ":636"},
+		{false, "ldap://" + f.dc.Host + ":389"},
+	} {
+		cfg := f.config()
+		cfg.DCs, cfg.LDAPS, cfg.Resolver = nil, tt.ldaps, resolver
+		id, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password))
+		if err != nil {
+			t.Errorf("Login with DCs from DNS SRV (LDAPS %v): %v", tt.ldaps, err)
+		} else if id.DC != tt.want {
+			t.Errorf("DC = %s, want %s", id.DC, tt.want)
+		}
 	}
 }
 

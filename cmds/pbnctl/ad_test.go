@@ -75,7 +75,7 @@ func TestADLogin(t *testing.T) {
 	l.Close()
 
 	login := func(extra ...string) []string {
-		return append([]string{"ad", "login", "--ca", ca, "--password-stdin", "--owner-group", "pbn-owners", "--connect-timeout", "1s"}, extra...)
+		return append([]string{"ad", "login", "--ca", ca, "--password-stdin", "--owner-group", "pbn-owners", "--connect-timeout", "10s"}, extra...)
 	}
 	tests := []struct {
 		name     string

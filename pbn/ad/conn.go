@@ -193,11 +193,11 @@ func (c *Client) withDC(ctx context.Context, account string, f func(*session) er
 		if err == nil || !retryable(err) {
 			return dc.raw, trips, err
 		}
+		c.cfg.Logger.Warn("domain controller failed", "dc", dc.raw, "err", err)
+		causes = append(causes, DCError{URL: dc.raw, Err: err})
 		if ctx.Err() != nil {
 			return "", 0, &Error{Reason: Unreachable, Account: account, Err: ctx.Err(), Causes: causes}
 		}
-		c.cfg.Logger.Warn("domain controller failed", "dc", dc.raw, "err", err)
-		causes = append(causes, DCError{URL: dc.raw, Err: err})
 	}
 	e := &Error{Reason: Unreachable, Account: account, Causes: causes}
 	for _, ce := range causes {

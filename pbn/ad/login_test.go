@@ -1,6 +1,7 @@
 package ad
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -248,9 +249,10 @@ func TestInjection(t *testing.T) {
 }
 
 // listener returns the address of a TCP listener on loopback that accepts
-// connections and never answers, and counts them. It stands for a hung DC,
+// connections, reads what they send and never answers, and a function that
+// returns how many it accepted and what they sent. It stands for a hung DC,
 // which the real Samba cannot be made into.
-func listener(t *testing.T) (addr string, accepted func() int) {
+func listener(t *testing.T) (addr string, received func() (int, []byte)) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -258,6 +260,7 @@ func listener(t *testing.T) (addr string, accepted func() int) {
 	}
 	var mu sync.Mutex
 	var conns []net.Conn
+	var data []byte
 	t.Cleanup(func() {
 		l.Close()
 		mu.Lock()
@@ -275,12 +278,24 @@ func listener(t *testing.T) (addr string, accepted func() int) {
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
+			go func() {
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					mu.Lock()
+					data = append(data, buf[:n]...)
+					mu.Unlock()
+					if err != nil {
+						return
+					}
+				}
+			}()
 		}
 	}()
-	return l.Addr().String(), func() int {
+	return l.Addr().String(), func() (int, []byte) {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(conns)
+		return len(conns), bytes.Clone(data)
 	}
 }
 
@@ -298,7 +313,7 @@ func deadAddr(t *testing.T) string {
 
 func TestFailover(t *testing.T) {
 	f := setup(t)
-	slow, slowAccepted := listener(t)
+	slow, slowReceived := listener(t)
 	dead := deadAddr(t)
 	tests := []struct {
 		name string
@@ -331,7 +346,7 @@ func TestFailover(t *testing.T) {
 			}
 		})
 	}
-	if slowAccepted() == 0 {
+	if n, _ := slowReceived(); n == 0 {
 		t.Errorf("the slow DC was never tried")
 	}
 
@@ -415,14 +430,36 @@ func impostor(t *testing.T, ca *samba.CA) string {
 
 func TestEmptyPasswordSendsNothing(t *testing.T) {
 	f := setup(t)
-	addr, accepted := listener(t)
+	addr, received := listener(t)
 	c := f.client(t, f.config("ldaps://"+addr))
 	_, err := c.Login(context.Background(), "alice", nil)
 	if ReasonOf(err) != EmptyPassword {
 		t.Errorf("Login with no password = %v, want EmptyPassword", err)
 	}
-	if n := accepted(); n != 0 {
+	if n, _ := received(); n != 0 {
 		t.Errorf("a DC was contacted %d times for an empty password", n)
+	}
+}
+
+// TestNothingInTheClear checks that on an ldap:// URL the first and only
+// thing sent before TLS is the StartTLS request. It does not prove anything
+// about what a DC that answers StartTLS receives: that is TLS, which
+// TestStartTLS and TestPinMismatch cover.
+func TestNothingInTheClear(t *testing.T) {
+	f := setup(t)
+	addr, received := listener(t)
+	cfg := f.config("ldap://" + addr)
+	cfg.Timeouts.Connect = 300 * time.Millisecond
+	_, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password))
+	if ReasonOf(err) != Unreachable {
+		t.Errorf("Login via a DC that never answers StartTLS = %v, want Unreachable", err)
+	}
+	n, data := received()
+	if n != 1 || !bytes.Contains(data, []byte(oidStartTLS)) {
+		t.Errorf("the DC got %d connections and % x, want one StartTLS request", n, data)
+	}
+	if bytes.Contains(data, []byte(password)) || bytes.Contains(data, []byte("alice")) {
+		t.Errorf("the account or password crossed the wire in the clear: % x", data)
 	}
 }
 

@@ -67,7 +67,7 @@ type User struct {
 	State State
 }
 
-// Group types (MS-ADTS 2.2.12): a global security group.
+// groupType of a global security group (MS-ADTS, groupType bits).
 const globalSecurityGroup = "-2147483646"
 
 // userAccountControl bits (MS-ADTS 2.2.16).
@@ -130,7 +130,7 @@ func (d *DC) setState(ctx context.Context, c *ldap.Conn, dn string, u User) erro
 	return nil
 }
 
-// lockOut puts the user under a password settings object (MS-ADTS 3.1.1.5.1.7,
+// lockOut puts the user under a password settings object (msDS-PasswordSettings,
 // fine-grained password policy) with a lockout threshold, so that the
 // domain's own policy (no lockout) stays as it is for every other test user,
 // then fails LockoutThreshold binds with a wrong password.
@@ -256,7 +256,7 @@ func (d *DC) admin() (*ldap.Conn, error) {
 }
 
 // unicodePwd encodes a password as the unicodePwd attribute wants it: in
-// double quotes, UTF-16LE (MS-ADTS 3.1.1.3.1.5.2).
+// double quotes, UTF-16LE (MS-ADTS 3.1.1.3.1.5.1).
 func unicodePwd(pw string) string {
 	u := utf16.Encode([]rune(`"` + pw + `"`))
 	b := make([]byte, 2*len(u))

@@ -4,20 +4,20 @@
 // Every connection is TLS (LDAPS, or StartTLS before anything else) to a DC
 // whose certificate the pinned CA issued; passwords are never empty and
 // never sent in the clear; every value put into a filter is escaped
-// (RFC 4515 section 3). A login is a simple bind as the account (MS-ADTS
-// 5.1.1.1), a search for the account's identity and state, and a search for
-// its groups with the in-chain matching rule LDAP_MATCHING_RULE_IN_CHAIN
-// (MS-ADTS 3.1.1.3.4.4.5): three LDAP round trips on LDAPS, four with
-// StartTLS.
+// (RFC 4515 section 3). A login is a simple bind as the account (RFC 4513
+// section 5.1.3), a search for the account's identity and state, and a
+// search for its groups with the in-chain matching rule
+// LDAP_MATCHING_RULE_TRANSITIVE_EVAL (MS-ADTS 3.1.1.3.4.4.3): three LDAP
+// round trips on LDAPS, four with StartTLS.
 //
 // Why a login fails is read first from the bind's AD sub-code (the Win32
 // error after "data" in the diagnostic message, which Samba and Windows
-// send when the password is right but the account may not log on), and then,
-// after a successful bind, from the account's computed state
-// (userAccountControl, msDS-User-Account-Control-Computed, accountExpires,
-// pwdLastSet; MS-ADTS 2.2.16 and 3.1.1.4.5.17), in case a DC let the bind
-// through. Each failure is an *Error with a Reason; Reason.Sentence is what
-// to tell the person.
+// send when the password is right but the account may not log on), and
+// then, after a successful bind, from the account's state
+// (userAccountControl, MS-ADTS 2.2.16, and the constructed
+// msDS-User-Account-Control-Computed; accountExpires; pwdLastSet), in case
+// a DC let the bind through. Each failure is an *Error with a Reason;
+// Reason.Sentence is what to tell the person.
 package ad
 
 import (
@@ -205,7 +205,8 @@ func pickUser(entries []*ldap.Entry, a Account) *ldap.Entry {
 // errNotFound is the cause when the search does not find the bound account.
 var errNotFound = errors.New("the bound account is not found in the base DN")
 
-// inChain is LDAP_MATCHING_RULE_IN_CHAIN (MS-ADTS 3.1.1.3.4.4.5), which
+// inChain is LDAP_MATCHING_RULE_TRANSITIVE_EVAL, also called IN_CHAIN
+// (MS-ADTS 3.1.1.3.4.4.3), which
 // follows member links transitively.
 const inChain = "1.2.840.113556.1.4.1941"
 

@@ -16,7 +16,7 @@ import (
 // does at the prompt when Login's error says NeedsNewPassword; Login with
 // the new password then continues. It binds as the configured
 // ChangeAccount, finds the account, and sends one modify that deletes the
-// old unicodePwd value and adds the new one (MS-ADTS 3.1.1.3.1.5.2), which
+// old unicodePwd value and adds the new one (MS-ADTS 3.1.1.3.1.5.1), which
 // AD accepts only over an encrypted connection: four LDAP round trips on
 // LDAPS. The passwords are not wiped; the caller does that.
 //
@@ -110,7 +110,7 @@ func LeadingCode(msg string) (uint32, bool) {
 }
 
 // unicodePwd encodes a password as the unicodePwd attribute takes it: in
-// double quotes, UTF-16LE (MS-ADTS 3.1.1.3.1.5). It refuses bytes that are
+// double quotes, UTF-16LE (MS-ADTS 3.1.1.3.1.5.1). It refuses bytes that are
 // not UTF-8.
 func unicodePwd(pw secret.Bytes) (secret.Bytes, error) {
 	out := make(secret.Bytes, 0, 2*len(pw)+8)

@@ -38,6 +38,7 @@ const (
 	maxName    = 64
 	maxDomain  = 255
 	maxNetBIOS = 15
+	maxAccount = 4*maxName + 1 + maxDomain // in bytes, before anything else is looked at
 )
 
 // errAccount is the cause inside every account name error.
@@ -60,6 +61,9 @@ func ParseAccount(s string) (Account, error) {
 }
 
 func parseAccount(s string) (Account, error) {
+	if len(s) > maxAccount {
+		return Account{}, fmt.Errorf("%w: longer than %d bytes", errAccount, maxAccount)
+	}
 	if !utf8.ValidString(s) {
 		return Account{}, fmt.Errorf("%w: not UTF-8", errAccount)
 	}

@@ -40,6 +40,7 @@ type command struct {
 // commands lists pbnctl's commands in the order -h shows them.
 var commands = []command{
 	// One line a command; each command's code lives in its own file.
+	{"ad", "Active Directory checks: ad login", runAD},
 	{"keyfile", "create, inspect and open key files; add and remove protectors", runKeyfile},
 	{"device", "the key server's devices: list, show, mark lost, retire", runDevice},
 	{"recovery", "read a device's escrowed recovery key, with the reason recorded", runRecovery},

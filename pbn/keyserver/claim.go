@@ -89,8 +89,8 @@ func (s *Server) login(ctx context.Context, account string, password secret.Byte
 	id, err := s.cfg.Directory.Login(ctx, account, password)
 	if err != nil {
 		s.log.Info("claim: directory refused the account", "account", account, "err", err)
-		if ctx.Err() != nil {
-			return nil, refuse(codeUnavailable, "the directory did not answer in time")
+		if ctx.Err() != nil || errors.Is(err, ErrUnavailable) {
+			return nil, refuse(codeUnavailable, "the directory did not answer")
 		}
 		return nil, refuse(codeLoginRefused, "the directory refused the sign-in")
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,5 +142,13 @@ func TestUsage(t *testing.T) {
 		if got := exitCode(err); got != exitUsage {
 			t.Errorf("run(%q) = %v, exit code %d, want %d", args, err, got, exitUsage)
 		}
+	}
+}
+
+func TestADFlags(t *testing.T) {
+	err := run(t.Context(), []string{"--data", t.TempDir(), "--listen", "127.0.0.1:0",
+		"--ad-domain", "corp.example.test"}, nil, io.Discard, io.Discard)
+	if err == nil || exitCode(err) != exitError || !strings.Contains(err.Error(), "--ad-ca") {
+		t.Errorf("run(--ad-domain without --ad-ca) = %v, want an error naming --ad-ca", err)
 	}
 }

@@ -188,6 +188,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	// TODO: cap the number of open connections: each stalled client is
+	// cut off after the timeouts, but a flood of them still holds file
+	// descriptors and memory until then.
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(tls.NewListener(ln, srv.TLSConfig)) }()
 

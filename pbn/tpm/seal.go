@@ -3,6 +3,8 @@ package tpm
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 
@@ -16,9 +18,24 @@ import (
 // holds at most 128 bytes (Part 2, 11.1.14, MAX_SYM_DATA).
 const MaxSealedSize = 128
 
-// maxAuthValue is the longest authValue a SHA-256 object takes (Part 1,
-// 19.6.4: no longer than the digest of its nameAlg).
-const maxAuthValue = 32
+// objectAuth returns the authValue the sealed object gets for the caller's
+// authValue: the hex encoding of the first 16 bytes of its SHA-256 digest.
+// The object's authValue has 128 bits of strength, fits a SHA-256 object
+// (Part 1, 19.6.4: no longer than the nameAlg's digest) and has no zero
+// byte.
+//
+// TODO: drop the hex encoding once go-tpm's hmacKeyFromAuthValue (v0.9.8,
+// tpm2/sessions.go) trims only trailing zeros: it cuts an authValue at its
+// last zero byte wherever it is, so an authValue with a zero byte inside
+// makes an HMAC the TPM refuses, and every unseal counts as a wrong password.
+// Changing the encoding then needs a new parameter version.
+func objectAuth(authValue secret.Bytes) secret.Bytes {
+	d := sha256.Sum256(authValue)
+	defer clear(d[:])
+	a := make(secret.Bytes, hex.EncodedLen(sha256.Size/2))
+	hex.Encode(a, d[:sha256.Size/2])
+	return a
+}
 
 // aesBits is the key size of the sessions' parameter encryption.
 const aesBits = 128
@@ -45,7 +62,7 @@ type Sealed struct {
 }
 
 // Seal seals data (at most MaxSealedSize bytes) to this TPM, the current
-// values of the PCRs in sel and authValue (at most 32 bytes). It refuses an
+// values of the PCRs in sel and authValue. It refuses an
 // empty selection or one the TPM has no SHA-256 bank for with an error
 // wrapping ErrNoPCRBinding.
 //
@@ -58,13 +75,12 @@ func (t *TPM) Seal(ctx context.Context, sel PCRSelection, authValue, data secret
 	if err := sel.check(); err != nil {
 		return nil, fmt.Errorf("tpm: seal: %w", err)
 	}
-	if len(authValue) > maxAuthValue {
-		return nil, fmt.Errorf("tpm: seal: authValue longer than %d bytes", maxAuthValue)
-	}
 	if len(data) == 0 || len(data) > MaxSealedSize {
 		return nil, fmt.Errorf("tpm: seal: %d bytes to seal, want 1 to %d", len(data), MaxSealedSize)
 	}
 	tr := t.with(ctx)
+	auth := objectAuth(authValue)
+	defer auth.Wipe()
 
 	vals, err := readPCRs(tr, sel)
 	if err != nil {
@@ -91,7 +107,7 @@ func (t *TPM) Seal(ctx context.Context, sel PCRSelection, authValue, data secret
 				k.salted(tpm2.AESEncryption(aesBits, tpm2.EncryptIn))...),
 		},
 		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
-			UserAuth: tpm2.TPM2BAuth{Buffer: authValue},
+			UserAuth: tpm2.TPM2BAuth{Buffer: auth},
 			Data:     tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data}),
 		}},
 		InPublic: tpm2.New2B(template),
@@ -175,6 +191,8 @@ func sealPolicy(sel PCRSelection, digest []byte) ([]byte, error) {
 // its way out) and FlushContext.
 func (t *TPM) Unseal(ctx context.Context, s *Sealed, authValue secret.Bytes) (secret.Bytes, error) {
 	tr := t.with(ctx)
+	auth := objectAuth(authValue)
+	defer auth.Wipe()
 	k, err := t.srkNamed(tr, s.SRKName)
 	if err != nil {
 		return nil, fmt.Errorf("tpm: unseal: %w", err)
@@ -201,7 +219,7 @@ func (t *TPM) Unseal(ctx context.Context, s *Sealed, authValue secret.Bytes) (se
 		Handle: obj.Handle,
 		Name:   obj.Name,
 		Auth: tpm2.Policy(tpm2.TPMAlgSHA256, nonceSize, policy,
-			k.salted(tpm2.AESEncryption(aesBits, tpm2.EncryptOut), tpm2.Auth(authValue))...),
+			k.salted(tpm2.AESEncryption(aesBits, tpm2.EncryptOut), tpm2.Auth(auth))...),
 	}}.Execute(tr)
 	if err != nil {
 		if policyErr != nil {
@@ -275,4 +293,23 @@ func unsealError(tr transport.TPM, err error) error {
 		return lockout(tr)
 	}
 	return err
+}
+
+// Check tells whether s can be unsealed by t in its present state: nil, or
+// ErrSRKMismatch when the SRK is another, or ErrPCRMismatch when the PCRs
+// hold other values than at sealing. It tries no authorization, so it
+// costs no dictionary-attack try.
+func (t *TPM) Check(ctx context.Context, s *Sealed) error {
+	tr := t.with(ctx)
+	if _, err := t.srkNamed(tr, s.SRKName); err != nil {
+		return fmt.Errorf("tpm: check: %w", err)
+	}
+	vals, err := readPCRs(tr, s.PCRs)
+	if err != nil {
+		return fmt.Errorf("tpm: check: read PCRs: %w", err)
+	}
+	if !bytes.Equal(pcrDigest(vals), s.PCRDigest) {
+		return fmt.Errorf("tpm: check: %w", ErrPCRMismatch)
+	}
+	return nil
 }

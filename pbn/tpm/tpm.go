@@ -226,7 +226,26 @@ func (b *bound) send(cmd []byte) ([]byte, error) {
 			return nil, err
 		}
 	}
-	return b.t.tr.Send(cmd)
+	rsp, err := b.t.tr.Send(cmd)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSize(rsp); err != nil {
+		return nil, err
+	}
+	return rsp, nil
+}
+
+// checkSize checks that a response is as long as its header says (Part 1,
+// 18.4), which go-tpm does not check to the byte.
+func checkSize(rsp []byte) error {
+	if len(rsp) < 10 {
+		return fmt.Errorf("a response of %d bytes is shorter than its header", len(rsp))
+	}
+	if n := binary.BigEndian.Uint32(rsp[2:]); n != uint32(len(rsp)) {
+		return fmt.Errorf("a response of %d bytes says it has %d", len(rsp), n)
+	}
+	return nil
 }
 
 // maxRetries bounds the resends of a command the TPM could not start; with

@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/pbn-project/pbn/keyfile"
 )
 
 // Errors that TPM.Unseal and Factor.Recover return, besides
@@ -25,7 +27,7 @@ var (
 
 // WrongPasswordError means the TPM refused the authValue derived from the
 // password (TPM_RC_AUTH_FAIL, Part 2, 6.6.3) and counted a failure against
-// its dictionary-attack protection.
+// its dictionary-attack protection. It matches keyfile.ErrWrongPassword.
 type WrongPasswordError struct {
 	// TriesLeft is how many more wrong passwords the TPM takes before it
 	// locks itself (TPM_PT_MAX_AUTH_FAIL less TPM_PT_LOCKOUT_COUNTER), or
@@ -34,6 +36,10 @@ type WrongPasswordError struct {
 	// Lockout says how long a lockout lasts, once TriesLeft is 0.
 	Lockout LockoutError
 }
+
+// Is makes errors.Is(err, keyfile.ErrWrongPassword) true, so that a key
+// file's callers handle a password the TPM refused as any wrong password.
+func (e *WrongPasswordError) Is(target error) bool { return target == keyfile.ErrWrongPassword }
 
 func (e *WrongPasswordError) Error() string {
 	if e.TriesLeft < 0 {

@@ -109,17 +109,12 @@ func parseParamsV1(b []byte) (*params, error) {
 // Seal makes for the recorded PCR binding, so that a key file cannot carry
 // an object with a weaker policy or other attributes.
 func checkSealedPublic(s *Sealed) error {
-	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](s.Public)
-	if err != nil {
-		return fmt.Errorf("%w: public area: %w", errParams, err)
-	}
 	want, err := sealedTemplate(s.PCRs, s.PCRDigest)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errParams, err)
 	}
-	want.Unique = pub.Unique
-	if !bytes.Equal(tpm2.Marshal(&want), s.Public) {
-		return fmt.Errorf("%w: the public area is not a sealed object of this PCR binding", errParams)
+	if err := isSealedObject(s.Public, want); err != nil {
+		return fmt.Errorf("%w: the public area is not a sealed object of this PCR binding: %w", errParams, err)
 	}
 	return nil
 }

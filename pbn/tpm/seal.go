@@ -115,21 +115,16 @@ func (t *TPM) Seal(ctx context.Context, sel PCRSelection, authValue, data secret
 	if err != nil {
 		return nil, fmt.Errorf("tpm: seal: create the sealed object: %w", err)
 	}
-	pub, err := rsp.OutPublic.Contents()
-	if err != nil {
-		return nil, fmt.Errorf("tpm: seal: decode the sealed object: %w", err)
-	}
-	asked := template
-	asked.Unique = pub.Unique // the TPM fills it in (Part 1, 27.6)
-	if !bytes.Equal(tpm2.Marshal(pub), tpm2.Marshal(&asked)) {
-		return nil, errors.New("tpm: seal: the TPM returned another object than the one asked for")
+	pub := rsp.OutPublic.Bytes()
+	if err := isSealedObject(pub, template); err != nil {
+		return nil, fmt.Errorf("tpm: seal: the TPM returned another object than the one asked for: %w", err)
 	}
 	t.log.Debug("sealed", "pcrs", sel.String())
 	return &Sealed{
 		SRKName:   bytes.Clone(k.name.Buffer),
 		PCRs:      sel,
 		PCRDigest: digest,
-		Public:    tpm2.Marshal(pub),
+		Public:    pub,
 		Private:   rsp.OutPrivate.Buffer,
 	}, nil
 }
@@ -158,6 +153,28 @@ func sealedTemplate(sel PCRSelection, digest []byte) (tpm2.TPMTPublic, error) {
 		}),
 		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, &tpm2.TPM2BDigest{}),
 	}, nil
+}
+
+// isSealedObject checks that pub, an encoded TPMT_PUBLIC, is the object
+// template asks for, byte for byte, but for the unique field that the TPM
+// fills in (Part 1, 27.6).
+func isSealedObject(pub []byte, template tpm2.TPMTPublic) error {
+	p, err := tpm2.Unmarshal[tpm2.TPMTPublic](pub)
+	if err != nil {
+		return err
+	}
+	if p.Type != tpm2.TPMAlgKeyedHash {
+		return errors.New("not a keyed-hash object")
+	}
+	u, err := p.Unique.KeyedHash()
+	if err != nil {
+		return err
+	}
+	template.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgKeyedHash, u)
+	if !bytes.Equal(tpm2.Marshal(&template), pub) {
+		return errors.New("another public area")
+	}
+	return nil
 }
 
 // sealPolicy computes the policy digest of PolicyPCR then PolicyAuthValue

@@ -10,6 +10,7 @@
 package swtpm
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -19,6 +20,9 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/pbn-project/pbn/internal/testenv"
 )
@@ -112,6 +116,34 @@ func (s *Sim) start(t testing.TB) {
 	}
 	s.stop()
 	t.Fatalf("swtpm: no socket after %v", StartTimeout)
+}
+
+// Extend extends a PCR of the SHA-256 bank, as ExtendOn does, on a
+// connection of its own: no other connection to the TPM may be open.
+func (s *Sim) Extend(t testing.TB, pcr int, event string) {
+	t.Helper()
+	c, err := net.DialTimeout("unix", s.socket(), stopTimeout)
+	if err != nil {
+		t.Fatalf("swtpm: extend PCR %d: %v", pcr, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(stopTimeout))
+	ExtendOn(t, transport.FromReadWriter(c), pcr, event)
+}
+
+// ExtendOn extends a PCR of the SHA-256 bank of the TPM at tr with the
+// digest of event (TPM 2.0 Part 3, 22.2 TPM2_PCR_Extend), as a boot
+// component that measures something does.
+func ExtendOn(t testing.TB, tr transport.TPM, pcr int, event string) {
+	t.Helper()
+	d := sha256.Sum256([]byte(event))
+	_, err := tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: d[:]}}},
+	}.Execute(tr)
+	if err != nil {
+		t.Fatalf("swtpm: extend PCR %d: %v", pcr, err)
+	}
 }
 
 // stop sends TPM2_Shutdown(TPM_SU_CLEAR), as an operating system does at

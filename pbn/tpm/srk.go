@@ -47,6 +47,21 @@ func (t *TPM) SRKName(ctx context.Context) ([]byte, error) {
 	return bytes.Clone(k.name.Buffer), nil
 }
 
+// SRKPersistent reports whether the SRK is stored at its persistent handle,
+// which spares every unseal the making of it.
+func (t *TPM) SRKPersistent(ctx context.Context) (bool, error) {
+	tr := t.with(ctx)
+	k, err := t.primarySRK(tr)
+	if err != nil {
+		return false, fmt.Errorf("tpm: %w", err)
+	}
+	p, err := t.persistentSRK(tr)
+	if err != nil {
+		return false, fmt.Errorf("tpm: %w", err)
+	}
+	return p != nil && bytes.Equal(p.name.Buffer, k.name.Buffer), nil
+}
+
 // primarySRK makes the SRK from its template (Part 3, 24.1
 // TPM2_CreatePrimary) once per TPM value. The owner hierarchy's
 // authorization must be empty, as it is on every PC that has not had it set

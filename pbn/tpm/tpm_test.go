@@ -5,14 +5,12 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/pbn-project/pbn/internal/swtpm"
@@ -109,20 +107,10 @@ func TestParsePCRSelection(t *testing.T) {
 	}
 }
 
-// extend extends a PCR of the SHA-256 bank (Part 3, 22.2), as a boot
-// component that measures something does.
+// extend extends a PCR, as a boot component that measures something does.
 func extend(t testing.TB, tp *TPM, pcr int) {
 	t.Helper()
-	d := sha256.Sum256([]byte("another boot component"))
-	_, err := tpm2.PCRExtend{
-		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
-		Digests: tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{
-			HashAlg: tpm2.TPMAlgSHA256, Digest: d[:],
-		}}},
-	}.Execute(tp.tr)
-	if err != nil {
-		t.Fatalf("PCRExtend(%d) = %v", pcr, err)
-	}
+	swtpm.ExtendOn(t, tp.tr, pcr, "another boot component")
 }
 
 // A PCR extended after sealing must keep the secret, and the refusal must

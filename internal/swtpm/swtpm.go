@@ -46,6 +46,30 @@ type Sim struct {
 // skips or fails t (see [testenv.Command]) when swtpm is not installed.
 func Start(t testing.TB) *Sim {
 	t.Helper()
+	s := newSim(t)
+	s.start(t)
+	t.Cleanup(s.stop)
+	return s
+}
+
+// StartWithBanks starts swtpm on a fresh state whose only active PCR banks
+// are banks, a comma-separated list such as "sha1", as swtpm_setup
+// --pcr-banks sets them.
+func StartWithBanks(t testing.TB, banks string) *Sim {
+	t.Helper()
+	s := newSim(t)
+	setup := testenv.Command(t, "swtpm_setup")
+	out, err := exec.Command(setup, "--tpm2", "--tpmstate", s.state, "--pcr-banks", banks).CombinedOutput()
+	if err != nil {
+		t.Fatalf("swtpm_setup --pcr-banks %s: %v\n%s", banks, err, out)
+	}
+	s.start(t)
+	t.Cleanup(s.stop)
+	return s
+}
+
+func newSim(t testing.TB) *Sim {
+	t.Helper()
 	bin := testenv.Command(t, "swtpm")
 	// Unix socket paths are limited to 108 bytes; t.TempDir can be longer.
 	dir, err := os.MkdirTemp("", "swtpm")
@@ -57,17 +81,13 @@ func Start(t testing.TB) *Sim {
 	if err := os.Mkdir(s.state, 0o700); err != nil {
 		t.Fatalf("swtpm: %v", err)
 	}
-	s.start(t)
-	t.Cleanup(s.stop)
 	return s
 }
 
 // Path is the TPM's command socket in the form pbn/tpm.Open takes.
 func (s *Sim) Path() string { return "unix:" + s.socket() }
 
-// CtrlSocket is the path of swtpm's control channel, which QEMU's
-// tpm-emulator device connects to.
-func (s *Sim) CtrlSocket() string { return filepath.Join(s.dir, "ctrl.sock") }
+func (s *Sim) ctrlSocket() string { return filepath.Join(s.dir, "ctrl.sock") }
 
 // StateDir is the directory that holds the TPM's persistent state.
 func (s *Sim) StateDir() string { return s.state }
@@ -86,11 +106,11 @@ func (s *Sim) Restart(t testing.TB) {
 func (s *Sim) start(t testing.TB) {
 	t.Helper()
 	os.Remove(s.socket())
-	os.Remove(s.CtrlSocket())
+	os.Remove(s.ctrlSocket())
 	s.cmd = exec.Command(s.bin, "socket", "--tpm2",
 		"--tpmstate", "dir="+s.state,
 		"--server", "type=unixio,path="+s.socket(),
-		"--ctrl", "type=unixio,path="+s.CtrlSocket(),
+		"--ctrl", "type=unixio,path="+s.ctrlSocket(),
 		"--flags", "not-need-init,startup-clear",
 		"--log", "file="+filepath.Join(s.dir, "swtpm.log"))
 	if err := s.cmd.Start(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 )
 
 // NumPCRs is the number of PCRs a PC Client TPM has (TCG PC Client Platform
@@ -144,9 +145,7 @@ func (t *TPM) PCRs(ctx context.Context, sel PCRSelection) ([]PCRValue, error) {
 	return vals, nil
 }
 
-func readPCRs(tr interface {
-	Send([]byte) ([]byte, error)
-}, sel PCRSelection) ([]PCRValue, error) {
+func readPCRs(tr transport.TPM, sel PCRSelection) ([]PCRValue, error) {
 	var vals []PCRValue
 	for chunk := range slices.Chunk(sel, maxPCRsPerRead) {
 		rsp, err := (tpm2.PCRRead{PCRSelectionIn: chunk.tpml()}).Execute(tr)

@@ -76,6 +76,10 @@ func TestSealRefusesNoPCRBinding(t *testing.T) {
 			t.Errorf("Seal(%v) = %v, want ErrNoPCRBinding", sel, err)
 		}
 	}
+	sha1Only := openSim(t, swtpm.StartWithBanks(t, "sha1"))
+	if _, err := sha1Only.Seal(testContext(t), DefaultPCRs, secret.Random(32), secret.Random(32)); !errors.Is(err, ErrNoPCRBinding) {
+		t.Errorf("Seal on a TPM without a SHA-256 bank = %v, want ErrNoPCRBinding", err)
+	}
 	for _, sel := range []PCRSelection{{24}, {-1}, {3, 99}} {
 		if _, err := tp.Seal(testContext(t), sel, secret.Random(32), secret.Random(32)); err == nil {
 			t.Errorf("Seal(%v) = nil error, want an error", sel)

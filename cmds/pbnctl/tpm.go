@@ -86,7 +86,9 @@ func newTPMFlags(io stdio, name, usage string) tpmFlags {
 		fl.PrintDefaults()
 		fmt.Fprintf(io.err, "\nexit codes: see pbnctl tpm -h\n")
 	}
-	return tpmFlags{fl, fl.String("tpm", "", "the TPM: a device, unix:PATH or tcp:HOST:PORT (default /dev/tpmrm0, else /dev/tpm0)")}
+	path := fl.String("tpm", "",
+		"the TPM: a device, unix:PATH or tcp:HOST:PORT (default /dev/tpmrm0, else /dev/tpm0)")
+	return tpmFlags{fl, path}
 }
 
 // parseNone parses flags for a subcommand that takes no argument.
@@ -269,7 +271,8 @@ func tpmReseal(ctx context.Context, io stdio, args []string) error {
 	var o openFlags
 	o.register(fl.FlagSet)
 	list := fl.String("pcrs", "", "the PCRs to seal to (default "+tpm.DefaultPCRs.String()+")")
-	target := fl.Duration("argon2-target", keyfile.DefaultArgon2Target, "how long a password derivation should take on this machine")
+	target := fl.Duration("argon2-target", keyfile.DefaultArgon2Target,
+		"how long a password derivation should take on this machine")
 	path, err := parseFile(fl.FlagSet, args)
 	if err != nil {
 		return err
@@ -317,7 +320,8 @@ func tpmReseal(ctx context.Context, io stdio, args []string) error {
 	}
 	defer f.Close()
 
-	n, err := tpm.Reseal(ctx, f, keyfile.PasswordWith(pw, keyfile.Calibrate(*target)), tpm.NewFactor(t, sel, pw))
+	n, err := tpm.Reseal(ctx, f,
+		keyfile.PasswordWith(pw, keyfile.Calibrate(*target)), tpm.NewFactor(t, sel, pw))
 	if err != nil {
 		return tpmError(io, err)
 	}

@@ -24,6 +24,9 @@ func TestTPMCommands(t *testing.T) {
 		t.Fatalf("keyfile create printed no recovery key: %s", out)
 	}
 
+	wrong := []byte(rk[1])
+	wrong[0] = '0' + (wrong[0]-'0'+1)%10 // another first digit
+
 	steps := []struct {
 		name  string
 		stdin string
@@ -43,7 +46,7 @@ func TestTPMCommands(t *testing.T) {
 		{"check after a kernel update", "", []string{"check", "--tpm", sim.Path(), kf}, exitPCRMismatch, "boot chain changed"},
 		{"reseal with the recovery key", rk[1] + "\n" + pw, []string{"reseal", "--tpm", sim.Path(), "--recovery-key-stdin", fast, kf}, 0, "protector 2, generation 3"},
 		{"check after resealing", "", []string{"check", "--tpm", sim.Path(), kf}, 0, "matches this TPM"},
-		{"reseal with a wrong recovery key", "1" + rk[1][1:] + "\n" + pw, []string{"reseal", "--tpm", sim.Path(), "--recovery-key-stdin", fast, kf}, exitWrongSecret, ""},
+		{"reseal with a wrong recovery key", string(wrong) + "\n" + pw, []string{"reseal", "--tpm", sim.Path(), "--recovery-key-stdin", fast, kf}, exitWrongSecret, ""},
 		{"no TPM", "", []string{"info", "--tpm", "unix:" + filepath.Join(t.TempDir(), "none")}, exitNoTPM, ""},
 		{"bad PCR list", "", []string{"pcrs", "--tpm", sim.Path(), "--pcrs", "0,24"}, exitUsage, "does not exist"},
 		{"help", "", []string{"-h"}, 0, "exit codes"},

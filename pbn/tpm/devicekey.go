@@ -113,7 +113,8 @@ func (k *deviceKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		crypto.SHA384: tpm2.TPMAlgSHA384,
 	}[opts.HashFunc()]
 	if !ok {
-		return nil, fmt.Errorf("tpm: device key: cannot sign with hash %v (want SHA-256 or SHA-384)", opts.HashFunc())
+		return nil, fmt.Errorf("tpm: device key: cannot sign with hash %v (want SHA-256 or SHA-384)",
+			opts.HashFunc())
 	}
 	if len(digest) != opts.HashFunc().Size() {
 		return nil, fmt.Errorf("tpm: device key: a %d-byte digest for %v", len(digest), opts.HashFunc())

@@ -22,7 +22,8 @@ var (
 	// ErrPCRMismatch means the PCRs do not hold the values the secret was
 	// sealed to: the boot chain (firmware, boot loader, kernel, image or
 	// Secure Boot keys) changed.
-	ErrPCRMismatch = errors.New("the PCRs do not hold the values the secret was sealed to (the boot chain changed)")
+	ErrPCRMismatch = errors.New("the PCRs do not hold the values the secret was sealed to " +
+		"(the boot chain changed)")
 )
 
 // WrongPasswordError means the TPM refused the authValue derived from the
@@ -80,7 +81,8 @@ func (e *LockoutError) Error() string {
 	if !e.Known {
 		return "the TPM is locked after too many wrong passwords"
 	}
-	return fmt.Sprintf("the TPM is locked after too many wrong passwords (one try comes back every %v)", e.Interval)
+	return fmt.Sprintf("the TPM is locked after too many wrong passwords (one try comes back every %v)",
+		e.Interval)
 }
 
 // Prompt is the sentence for the person at the pre-boot prompt.

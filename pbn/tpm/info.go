@@ -43,7 +43,8 @@ func (t *TPM) Info(ctx context.Context) (*Info, error) {
 		tpm2.TPMPTVendorString3, tpm2.TPMPTVendorString4} {
 		info.Vendor += chars(props[p])
 	}
-	info.Firmware = fmt.Sprintf("%08x.%08x", props[tpm2.TPMPTFirmwareVersion1], props[tpm2.TPMPTFirmwareVersion2])
+	info.Firmware = fmt.Sprintf("%08x.%08x",
+		props[tpm2.TPMPTFirmwareVersion1], props[tpm2.TPMPTFirmwareVersion2])
 	info.FailedTries, info.MaxTries, info.Interval, err = daState(tr)
 	if err != nil {
 		return nil, fmt.Errorf("tpm: %w", err)

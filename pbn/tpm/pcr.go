@@ -159,7 +159,8 @@ func readPCRs(tr transport.TPM, sel PCRSelection) ([]PCRValue, error) {
 			return nil, fmt.Errorf("%w: the TPM has no active SHA-256 bank for PCRs %v", ErrNoPCRBinding, chunk)
 		}
 		if len(rsp.PCRValues.Digests) != len(chunk) {
-			return nil, fmt.Errorf("the TPM returned %d PCR values for %d PCRs", len(rsp.PCRValues.Digests), len(chunk))
+			return nil, fmt.Errorf("the TPM returned %d PCR values for %d PCRs",
+				len(rsp.PCRValues.Digests), len(chunk))
 		}
 		for i, d := range rsp.PCRValues.Digests {
 			if len(d.Buffer) != sha256.Size {

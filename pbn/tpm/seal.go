@@ -62,9 +62,9 @@ type Sealed struct {
 }
 
 // Seal seals data (at most MaxSealedSize bytes) to this TPM, the current
-// values of the PCRs in sel and authValue. It refuses an
-// empty selection or one the TPM has no SHA-256 bank for with an error
-// wrapping ErrNoPCRBinding.
+// values of the PCRs in sel and authValue. It refuses an empty selection or
+// one the TPM has no SHA-256 bank for with an error wrapping
+// ErrNoPCRBinding.
 //
 // Seal makes the SRK from its template, and makes it persistent at the
 // standard handle (0x81000001) when that handle is free and the owner
@@ -205,7 +205,11 @@ func sealPolicy(sel PCRSelection, digest []byte) ([]byte, error) {
 // With the SRK persistent, an unseal takes seven commands: ReadPublic,
 // Load, StartAuthSession, PolicyPCR, PolicyAuthValue, Unseal (whose
 // session, salted with the SRK, both authorizes and encrypts the secret on
-// its way out) and FlushContext.
+// its way out) and FlushContext; without it, CreatePrimary and a
+// FlushContext at Close come on top. The first authorization of an object
+// under dictionary-attack protection after the TPM starts may be answered
+// with TPM_RC_RETRY while the TPM records in NV that it is in use; the
+// command is then sent again.
 func (t *TPM) Unseal(ctx context.Context, s *Sealed, authValue secret.Bytes) (secret.Bytes, error) {
 	tr := t.with(ctx)
 	auth := objectAuth(authValue)

@@ -320,8 +320,7 @@ func tpmReseal(ctx context.Context, io stdio, args []string) error {
 	}
 	defer f.Close()
 
-	n, err := tpm.Reseal(ctx, f,
-		keyfile.PasswordWith(pw, keyfile.Calibrate(*target)), tpm.NewFactor(t, sel, pw))
+	n, err := tpm.Reseal(ctx, f, tpm.NewFactor(t, sel, pw), keyfile.Calibrate(*target))
 	if err != nil {
 		return tpmError(io, err)
 	}

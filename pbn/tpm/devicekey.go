@@ -15,7 +15,7 @@ import (
 )
 
 // deviceKeyLabel makes the device key's template PBN's own: the TPM derives
-// a primary key from the hierarchy's seed and the template (Part 1, 27.7.3),
+// a primary key from the hierarchy's seed and the template (Part 1, "Primary Objects"),
 // so another label, or another program's template, gives another key.
 const deviceKeyLabel = "PBN device key, version 1"
 

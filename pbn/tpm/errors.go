@@ -65,7 +65,7 @@ func (e *WrongPasswordError) Prompt() string {
 }
 
 // LockoutError means the TPM is in dictionary-attack lockout
-// (TPM_RC_LOCKOUT, Part 1, 19.8.4): it refuses every authorization of
+// (TPM_RC_LOCKOUT; Part 1, "Dictionary Attack Protection"): it refuses every authorization of
 // protected objects until enough time has passed.
 type LockoutError struct {
 	// Interval is how long the TPM takes to forget one failure and allow

@@ -124,7 +124,7 @@ func TestReseal(t *testing.T) {
 	if err := opened.Open(testContext(t), keyfile.Recovery(rk)); err != nil {
 		t.Fatalf("Open(recovery key) = %v", err)
 	}
-	n, err := Reseal(testContext(t), opened, testPassword(pw), NewFactor(tp, DefaultPCRs, pw))
+	n, err := Reseal(testContext(t), opened, NewFactor(tp, DefaultPCRs, pw), keyfile.FloorArgon2)
 	if err != nil {
 		t.Fatalf("Reseal = %v", err)
 	}

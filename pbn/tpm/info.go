@@ -30,7 +30,7 @@ type Info struct {
 
 // Info reads the TPM's identity and dictionary-attack state (Part 3, 30.2
 // TPM2_GetCapability, TPM_CAP_TPM_PROPERTIES; the properties are listed in
-// Part 2, 6.13).
+// Part 2, TPM_PT).
 func (t *TPM) Info(ctx context.Context) (*Info, error) {
 	tr := t.with(ctx)
 	props, err := properties(tr, tpm2.TPMPTManufacturer, 8)

@@ -14,10 +14,10 @@ import (
 const ResealLabel = "password and TPM"
 
 // Reseal seals the open key file f afresh to the TPM of tf and the current
-// values of its PCRs, after a legitimate change of the boot chain (a
-// firmware or kernel update) made its TPM protector fail with
-// ErrPCRMismatch. It adds a protector of the password factor pw and tf
-// (which must derive from the same password), then removes the key file's
+// values of the PCRs it seals to, after a legitimate change of the boot
+// chain (a firmware or kernel update) made its TPM protector fail with
+// ErrPCRMismatch. It adds a protector of tf and a password factor of tf's
+// password with the Argon2id parameters argon, then removes the key file's
 // other protectors that have a TPM factor, and returns the new protector's
 // index. The old protectors go only once the new one is in, so f never
 // lacks a TPM protector; the caller stores f with keyfile.Replace.
@@ -27,7 +27,12 @@ const ResealLabel = "password and TPM"
 // password-only protector). The PCRs it seals to are those of the current
 // boot, which the next boot reproduces as long as nothing in the chain
 // changes again.
-func Reseal(ctx context.Context, f *keyfile.KeyFile, pw *keyfile.PasswordFactor, tf *Factor) (int, error) {
+//
+// TODO: seal to predicted PCR values (from the firmware's event log and the
+// digest of the new kernel or image) so that an update can reseal before
+// its reboot; until then, the first boot after an update needs the recovery
+// key.
+func Reseal(ctx context.Context, f *keyfile.KeyFile, tf *Factor, argon keyfile.Argon2Params) (int, error) {
 	if !f.IsOpen() {
 		return 0, errors.New("tpm: reseal: the key file is not open")
 	}
@@ -40,7 +45,7 @@ func Reseal(ctx context.Context, f *keyfile.KeyFile, pw *keyfile.PasswordFactor,
 		}
 	}
 
-	n, err := f.AddProtector(ctx, label, pw, tf)
+	n, err := f.AddProtector(ctx, label, keyfile.PasswordWith(tf.password, argon), tf)
 	if err != nil {
 		return 0, fmt.Errorf("tpm: reseal: %w", err)
 	}

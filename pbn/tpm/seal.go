@@ -21,7 +21,7 @@ const MaxSealedSize = 128
 // objectAuth returns the authValue the sealed object gets for the caller's
 // authValue: the hex encoding of the first 16 bytes of its SHA-256 digest.
 // The object's authValue has 128 bits of strength, fits a SHA-256 object
-// (Part 1, 19.6.4: no longer than the nameAlg's digest) and has no zero
+// (Part 1: no longer than the nameAlg's digest) and has no zero
 // byte.
 //
 // TODO: drop the hex encoding once go-tpm's hmacKeyFromAuthValue (v0.9.8,
@@ -41,7 +41,7 @@ func objectAuth(authValue secret.Bytes) secret.Bytes {
 const aesBits = 128
 
 // nonceSize is the size of the caller's session nonces: the digest size of
-// SHA-256, the sessions' hash (Part 1, 19.6.2).
+// SHA-256, the sessions' hash.
 const nonceSize = 32
 
 // Sealed is a secret sealed by TPM.Seal. It holds nothing secret: the
@@ -129,8 +129,8 @@ func (t *TPM) Seal(ctx context.Context, sel PCRSelection, authValue, data secret
 	}, nil
 }
 
-// sealedTemplate is the public area of a sealed data object (Part 2, 12.2.4
-// and Part 1, 27.6: a keyed-hash object without a scheme) that only the
+// sealedTemplate is the public area of a sealed data object (Part 2, 12.2.4:
+// a keyed-hash object without a scheme) that only the
 // policy PolicyPCR(sel, digest) then PolicyAuthValue authorizes.
 func sealedTemplate(sel PCRSelection, digest []byte) (tpm2.TPMTPublic, error) {
 	policy, err := sealPolicy(sel, digest)
@@ -157,7 +157,7 @@ func sealedTemplate(sel PCRSelection, digest []byte) (tpm2.TPMTPublic, error) {
 
 // isSealedObject checks that pub, an encoded TPMT_PUBLIC, is the object
 // template asks for, byte for byte, but for the unique field that the TPM
-// fills in (Part 1, 27.6).
+// fills in.
 func isSealedObject(pub []byte, template tpm2.TPMTPublic) error {
 	p, err := tpm2.Unmarshal[tpm2.TPMTPublic](pub)
 	if err != nil {
@@ -301,6 +301,11 @@ func runPolicy(tr transport.TPM, h tpm2.TPMISHPolicy, s *Sealed) error {
 	}
 	return nil
 }
+
+// TODO: the TPM's error responses are not authenticated: go-tpm checks the
+// session HMAC of successful responses only. An active interposer can fake
+// a refusal (a lockout, a PCR mismatch) and so deny a boot, never make the
+// TPM release the secret.
 
 // unsealError maps the TPM's answer to a failed unseal to this package's
 // errors.

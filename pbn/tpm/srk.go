@@ -29,11 +29,17 @@ func (k *srk) named() tpm2.NamedHandle {
 	return tpm2.NamedHandle{Handle: k.handle, Name: k.name}
 }
 
-// salted returns the options that salt a session with the SRK and encrypt
-// the first parameter in the direction given (Part 1, 19.6.13 and 21).
+// salted returns the options that salt a session with the SRK (Part 1,
+// "Salted and Bound Session Key Generation") and encrypt the first
+// parameter in the direction given (Part 1, 21.1).
 func (k *srk) salted(dir ...tpm2.AuthOption) []tpm2.AuthOption {
 	return append([]tpm2.AuthOption{tpm2.Salted(k.handle, k.public)}, dir...)
 }
+
+// TODO: check the SRK against the TPM's endorsement key certificate at
+// enrolment (TPM2_Certify of the SRK by an EK-backed attestation key). The
+// name pinned at the first seal protects every later boot, but an
+// interposer that emulates a TPM already at enrolment goes unnoticed.
 
 // SRKName returns the name of the TPM's SRK (Part 1, 16: nameAlg and the
 // digest of the public area), as it is recorded in a sealed object. It makes

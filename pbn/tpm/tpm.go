@@ -20,10 +20,18 @@
 // sealed to, and [TPM.Unseal] returns [ErrSRKMismatch].
 //
 // Every session that carries a secret is salted with the SRK and encrypts
-// its first parameter with AES-128-CFB (Part 1, 19.6 and 21): the sensitive
-// data going into TPM2_Create and the data coming out of TPM2_Unseal never
-// cross the bus in the clear, and the authValue only ever appears as an
-// HMAC key.
+// its first parameter with AES-128-CFB (Part 1, 19.6 and 21.1): the
+// sensitive data going into TPM2_Create (the authValue and the secret) and
+// the secret coming out of TPM2_Unseal never cross the bus in the clear, and
+// at unsealing the authValue enters only as part of an HMAC key.
+//
+// # The key file factor, re-sealing and the device key
+//
+// [Factor] is the key file's TPM factor ([keyfile.FactorTPM]); a key file's
+// protector pairs it with the Argon2id password factor. [Reseal] replaces a
+// key file's TPM protectors after a legitimate change of the boot chain.
+// [TPM.DeviceKey] is a signing key that the TPM makes again at every boot and
+// never exports, by which the key server knows the device.
 //
 // # Errors
 //
@@ -273,7 +281,7 @@ func (s *stream) Send(cmd []byte) ([]byte, error) {
 	if _, err := s.c.Write(cmd); err != nil {
 		return nil, fmt.Errorf("send command: %w", err)
 	}
-	hdr := make([]byte, 10) // tag, size, response code (Part 1, 18.4)
+	hdr := make([]byte, 10) // tag, size, response code (Part 1, "Response Header")
 	if _, err := io.ReadFull(s.c, hdr); err != nil {
 		return nil, fmt.Errorf("read response: %w", err)
 	}

@@ -1,13 +1,13 @@
 package tpm
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -195,8 +195,7 @@ func TestLockout(t *testing.T) {
 		if !lo.Known || lo.Interval != 600*time.Second {
 			t.Errorf("LockoutError = %+v, want a known interval of 600s", lo)
 		}
-		if p := Prompt(err); !bytes.Contains([]byte(p), []byte("10 minutes")) ||
-			!bytes.Contains([]byte(p), []byte("recovery key")) {
+		if p := Prompt(err); !strings.Contains(p, "10 minutes") || !strings.Contains(p, "recovery key") {
 			t.Errorf("Prompt = %q, want the wait and the recovery key", p)
 		}
 	}
@@ -335,4 +334,56 @@ func devicePub(t testing.TB, tp *TPM) *ecdsa.PublicKey {
 		t.Errorf("Sign(SHA-1) = nil error, want an error")
 	}
 	return pub
+}
+
+func TestCancelledContext(t *testing.T) {
+	tp := openSim(t, swtpm.Start(t))
+	s, auth, _ := seal(t, tp, DefaultPCRs)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := New(tp.tr, nil).Unseal(ctx, s, auth); !errors.Is(err, context.Canceled) {
+		t.Errorf("Unseal(cancelled) = %v, want context.Canceled", err)
+	}
+	if _, err := tp.Seal(ctx, DefaultPCRs, auth, secret.Random(32)); !errors.Is(err, context.Canceled) {
+		t.Errorf("Seal(cancelled) = %v, want context.Canceled", err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	for _, path := range []string{
+		"unix:" + t.TempDir() + "/none",
+		"tcp:127.0.0.1:1",
+		t.TempDir() + "/no-such-device",
+		t.TempDir(), // not a device
+	} {
+		if tp, err := Open(path, nil); err == nil {
+			tp.Close()
+			t.Errorf("Open(%q) = nil error, want an error", path)
+		}
+	}
+}
+
+func TestPrompts(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{&WrongPasswordError{TriesLeft: -1}, "The password is wrong."},
+		{&WrongPasswordError{TriesLeft: 3}, "You have 3 more tries"},
+		{&WrongPasswordError{TriesLeft: 1}, "One more wrong password"},
+		{&WrongPasswordError{TriesLeft: 0, Lockout: LockoutError{Interval: time.Hour, Known: true}},
+			"last try: the TPM has locked itself. Wait an hour"},
+		{&LockoutError{Interval: 90 * time.Minute, Known: true}, "Wait 2 hours and try again. Your recovery key"},
+		{&LockoutError{Interval: 30 * time.Second, Known: true}, "Wait a minute"},
+		{&LockoutError{Known: true}, "until your IT support resets it"},
+		{&LockoutError{}, "Wait a while"},
+		{fmt.Errorf("open: %w", errors.Join(errors.New("other"), ErrPCRMismatch)), "recovery key"},
+		{ErrSRKMismatch, "not the TPM your key was sealed to"},
+		{errors.New("something else"), ""},
+	} {
+		got := Prompt(tc.err)
+		if !strings.Contains(got, tc.want) || (tc.want == "") != (got == "") {
+			t.Errorf("Prompt(%v) = %q, want it to contain %q", tc.err, got, tc.want)
+		}
+	}
 }

@@ -106,8 +106,8 @@ func (fl tpmFlags) parseNone(args []string) error {
 }
 
 // open opens the TPM the flags name; the caller closes it.
-func (fl tpmFlags) open(io stdio) (*tpm.TPM, error) {
-	t, err := tpm.Open(*fl.path, &tpm.Options{Logger: io.log, CommandTimeout: tpmCommandTimeout})
+func (fl tpmFlags) open(ctx context.Context, io stdio) (*tpm.TPM, error) {
+	t, err := tpm.Open(ctx, *fl.path, &tpm.Options{Logger: io.log, CommandTimeout: tpmCommandTimeout})
 	if err != nil {
 		return nil, withCode(exitNoTPM, err)
 	}
@@ -138,7 +138,7 @@ func tpmInfo(ctx context.Context, io stdio, args []string) error {
 	if err := fl.parseNone(args); err != nil {
 		return err
 	}
-	t, err := fl.open(io)
+	t, err := fl.open(ctx, io)
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func tpmPCRs(ctx context.Context, io stdio, args []string) error {
 	if err != nil {
 		return err
 	}
-	t, err := fl.open(io)
+	t, err := fl.open(ctx, io)
 	if err != nil {
 		return err
 	}
@@ -204,7 +204,7 @@ func tpmSRK(ctx context.Context, io stdio, args []string) error {
 	if err := fl.parseNone(args); err != nil {
 		return err
 	}
-	t, err := fl.open(io)
+	t, err := fl.open(ctx, io)
 	if err != nil {
 		return err
 	}
@@ -231,7 +231,7 @@ func tpmCheck(ctx context.Context, io stdio, args []string) error {
 	if err != nil {
 		return err
 	}
-	t, err := fl.open(io)
+	t, err := fl.open(ctx, io)
 	if err != nil {
 		return err
 	}
@@ -285,7 +285,7 @@ func tpmReseal(ctx context.Context, io stdio, args []string) error {
 	if err != nil {
 		return err
 	}
-	t, err := fl.open(io)
+	t, err := fl.open(ctx, io)
 	if err != nil {
 		return err
 	}

@@ -104,8 +104,8 @@ type TPM struct {
 // /dev/tpm0), a device file, "unix:PATH" for a socket of swtpm (swtpm socket
 // --server type=unixio,path=PATH), or "tcp:HOST:PORT" for swtpm's TCP server.
 // A socket carries raw TPM commands; the TPM must be started already
-// (swtpm's --flags startup-clear).
-func Open(path string, o *Options) (*TPM, error) {
+// (swtpm's --flags startup-clear). ctx bounds the connection to a socket.
+func Open(ctx context.Context, path string, o *Options) (*TPM, error) {
 	if o == nil {
 		o = &Options{}
 	}
@@ -113,7 +113,7 @@ func Open(path string, o *Options) (*TPM, error) {
 	case path == "":
 		var errs []error
 		for _, dev := range devices {
-			t, err := Open(dev, o)
+			t, err := Open(ctx, dev, o)
 			if err == nil {
 				return t, nil
 			}
@@ -122,7 +122,8 @@ func Open(path string, o *Options) (*TPM, error) {
 		return nil, fmt.Errorf("tpm: no TPM found: %w", errors.Join(errs...))
 	case strings.HasPrefix(path, "unix:"), strings.HasPrefix(path, "tcp:"):
 		network, addr, _ := strings.Cut(path, ":")
-		c, err := net.DialTimeout(network, addr, o.timeout())
+		d := net.Dialer{Timeout: o.timeout()}
+		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, fmt.Errorf("tpm: %w", err)
 		}

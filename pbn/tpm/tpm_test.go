@@ -30,7 +30,7 @@ func testContext(t testing.TB) context.Context {
 // openSim opens the TPM of sim and closes it when the test ends.
 func openSim(t testing.TB, sim *swtpm.Sim) *TPM {
 	t.Helper()
-	tp, err := Open(sim.Path(), nil)
+	tp, err := Open(context.Background(), sim.Path(), nil)
 	if err != nil {
 		t.Fatalf("Open(%q) = %v", sim.Path(), err)
 	}
@@ -356,7 +356,7 @@ func TestOpenErrors(t *testing.T) {
 		t.TempDir() + "/no-such-device",
 		t.TempDir(), // not a device
 	} {
-		if tp, err := Open(path, nil); err == nil {
+		if tp, err := Open(testContext(t), path, nil); err == nil {
 			tp.Close()
 			t.Errorf("Open(%q) = nil error, want an error", path)
 		}

@@ -138,7 +138,7 @@ func Prompt(err error) string {
 // daState reads the dictionary-attack counters (Part 3, 30.2
 // TPM2_GetCapability of TPM_PT_LOCKOUT_COUNTER, TPM_PT_MAX_AUTH_FAIL and
 // TPM_PT_LOCKOUT_INTERVAL, which are consecutive).
-func daState(tr transport.TPM) (counter, max uint32, interval time.Duration, err error) {
+func daState(tr transport.TPM) (counter, maxTries uint32, interval time.Duration, err error) {
 	props, err := properties(tr, tpm2.TPMPTLockoutCounter, 3)
 	if err != nil {
 		return 0, 0, 0, err
@@ -155,13 +155,13 @@ func daState(tr transport.TPM) (counter, max uint32, interval time.Duration, err
 // wrongPassword builds the error for a refused authValue, with the tries
 // left when the TPM tells them.
 func wrongPassword(tr transport.TPM) *WrongPasswordError {
-	counter, max, interval, err := daState(tr)
+	counter, maxTries, interval, err := daState(tr)
 	if err != nil {
 		return &WrongPasswordError{TriesLeft: -1}
 	}
 	left := 0
-	if counter < max {
-		left = int(max - counter)
+	if counter < maxTries {
+		left = int(maxTries - counter)
 	}
 	return &WrongPasswordError{TriesLeft: left, Lockout: LockoutError{Interval: interval, Known: true}}
 }

@@ -50,7 +50,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"time"
 
@@ -132,9 +131,6 @@ func Open(ctx context.Context, path string, o *Options) (*TPM, error) {
 		t.deadline = c.SetDeadline
 		return t, nil
 	}
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("tpm: %w", err)
-	}
 	tr, err := linuxtpm.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("tpm: open %s: %w", path, err)
@@ -168,8 +164,9 @@ func (o *Options) timeout() time.Duration {
 // connection that Open made.
 func (t *TPM) Close() error {
 	var errs []error
+	tr := t.with(context.Background())
 	for _, h := range t.transients() {
-		if err := flush(t.tr, h); err != nil {
+		if err := flush(tr, h); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -245,10 +242,14 @@ func (b *bound) send(cmd []byte) ([]byte, error) {
 	return rsp, nil
 }
 
-// checkSize checks that a response is as long as its header says (Part 1,
-// 18.4), which go-tpm does not check to the byte.
+// headerSize is the size of a response's header: tag, size and response
+// code (Part 1, "Response Header").
+const headerSize = 10
+
+// checkSize checks that a response is as long as its header says, which
+// go-tpm does not check to the byte.
 func checkSize(rsp []byte) error {
-	if len(rsp) < 10 {
+	if len(rsp) < headerSize {
 		return fmt.Errorf("a response of %d bytes is shorter than its header", len(rsp))
 	}
 	if n := binary.BigEndian.Uint32(rsp[2:]); n != uint32(len(rsp)) {
@@ -264,7 +265,7 @@ const maxRetries = 11
 // retry reports whether rsp asks to send the command again:
 // TPM_RC_RETRY, TPM_RC_YIELDED or TPM_RC_TESTING (Part 2, 6.6.3).
 func retry(rsp []byte) bool {
-	if len(rsp) < 10 {
+	if len(rsp) < headerSize {
 		return false
 	}
 	switch tpm2.TPMRC(binary.BigEndian.Uint32(rsp[6:])) {
@@ -282,7 +283,7 @@ func (s *stream) Send(cmd []byte) ([]byte, error) {
 	if _, err := s.c.Write(cmd); err != nil {
 		return nil, fmt.Errorf("send command: %w", err)
 	}
-	hdr := make([]byte, 10) // tag, size, response code (Part 1, "Response Header")
+	hdr := make([]byte, headerSize)
 	if _, err := io.ReadFull(s.c, hdr); err != nil {
 		return nil, fmt.Errorf("read response: %w", err)
 	}

@@ -15,5 +15,6 @@ require (
 
 require (
 	github.com/Azure/go-ntlmssp v0.1.1 // indirect
+	github.com/google/go-tpm v0.9.8
 	github.com/google/uuid v1.6.0 // indirect
 )

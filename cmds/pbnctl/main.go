@@ -42,6 +42,7 @@ var commands = []command{
 	// One line a command; each command's code lives in its own file.
 	{"keyfile", "create, inspect and open key files; add and remove protectors", runKeyfile},
 	{"ad", "Active Directory checks: ad login", runAD},
+	{"tpm", "look at the TPM, check a key file against it, reseal a key file to it", runTPM},
 }
 
 // Exit codes shared by every command; each command documents its own above

@@ -140,6 +140,8 @@ func TestBadRequests(t *testing.T) {
 		{"malformed", "POST", "/rec/" + exc.ID, "", `{"kty":"EC",`, 400},
 		{"unknown member", "POST", "/rec/" + exc.ID, "",
 			strings.Replace(valid, `{`, `{"kid":"x",`, 1), 400},
+		{"member twice", "POST", "/rec/" + exc.ID, "",
+			strings.Replace(valid, `{`, `{"kty":"EC",`, 1), 400},
 		{"private key", "POST", "/rec/" + exc.ID, "",
 			strings.Replace(valid, `{`, `{"d":"AAAA",`, 1), 400},
 		{"trailing data", "POST", "/rec/" + exc.ID, "", valid + "{}", 400},

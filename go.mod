@@ -3,6 +3,7 @@ module github.com/pbn-project/pbn
 go 1.26.8
 
 require (
+	filippo.io/nistec v0.0.4
 	golang.org/x/crypto v0.59.0
 	golang.org/x/term v0.48.0
 )

@@ -19,6 +19,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/pbn-project/pbn/pbn/secret"
 )
 
 // stdio is what a command reads and writes.
@@ -38,6 +40,7 @@ type command struct {
 // commands lists pbnctl's commands in the order -h shows them.
 var commands = []command{
 	// One line a command; each command's code lives in its own file.
+	{"keyfile", "create, inspect and open key files; add and remove protectors", runKeyfile},
 }
 
 // Exit codes shared by every command; each command documents its own above
@@ -74,6 +77,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if err := secret.DisableCoreDumps(); err != nil {
+		log.Warn("secrets may reach a core dump", "err", err)
+	}
 	err := run(ctx, stdio{os.Stdin, os.Stdout, os.Stderr, log}, os.Args[1:])
 	os.Exit(report(os.Stderr, err))
 }

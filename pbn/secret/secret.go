@@ -13,6 +13,8 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
+
+	"golang.org/x/sys/unix"
 )
 
 // Bytes is a secret byte string.
@@ -66,4 +68,18 @@ func WipeAll(bs ...Bytes) {
 	for _, b := range bs {
 		b.Wipe()
 	}
+}
+
+// DisableCoreDumps keeps the calling process's memory, and the secrets in
+// it, out of core dumps and away from ptrace by other users: it sets
+// RLIMIT_CORE to zero and clears the process's dumpable flag. Every PBN
+// command that handles a secret calls it first.
+func DisableCoreDumps() error {
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{}); err != nil {
+		return fmt.Errorf("disable core dumps: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("disable core dumps: %w", err)
+	}
+	return nil
 }

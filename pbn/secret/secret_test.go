@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestNeverPrinted(t *testing.T) {
@@ -40,5 +42,18 @@ func TestWipe(t *testing.T) {
 	}
 	if len(Random(32)) != 32 {
 		t.Errorf("Random(32) has the wrong length")
+	}
+}
+
+func TestDisableCoreDumps(t *testing.T) {
+	if err := DisableCoreDumps(); err != nil {
+		t.Fatalf("DisableCoreDumps = %v", err)
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_CORE, &lim); err != nil || lim.Cur != 0 {
+		t.Errorf("RLIMIT_CORE = %+v, %v; want 0", lim, err)
+	}
+	if d, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0); err != nil || d != 0 {
+		t.Errorf("PR_GET_DUMPABLE = %d, %v; want 0", d, err)
 	}
 }

@@ -39,6 +39,7 @@ type command struct {
 var commands = []command{
 	// One line a command; each command's code lives in its own file.
 	{"keyfile", "create, inspect and open key files; add and remove protectors", runKeyfile},
+	{"tang", "make, rotate, retire and show a Tang key directory", runTang},
 }
 
 // Exit codes shared by every command; each command documents its own above

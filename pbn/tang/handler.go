@@ -97,6 +97,10 @@ func (h *Handler) advFor(w http.ResponseWriter, r *http.Request) {
 	reply(w, "application/jose+json", adv)
 }
 
+// TODO: the handler does not limit exchanges per client address. Each
+// costs one scalar multiplication (about 2 ms on P-521), so a flood from
+// one host can take the server's CPU; the key server should rate-limit
+// per address in front of it.
 func (h *Handler) rec(w http.ResponseWriter, r *http.Request) {
 	keys := h.keys.Load()
 	kid := r.PathValue("kid")

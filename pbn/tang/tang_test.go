@@ -3,6 +3,7 @@ package tang
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -245,5 +246,18 @@ func TestFactorType(t *testing.T) {
 	var f keyfile.Factor = Factor{}
 	if got := f.Type(); got != keyfile.FactorNetwork {
 		t.Errorf("Type() = %v, want %v", got, keyfile.FactorNetwork)
+	}
+}
+
+// TestSentence: each error a person at the prompt can act on has its own
+// sentence, also when wrapped.
+func TestSentence(t *testing.T) {
+	seen := map[string]error{}
+	for _, err := range []error{ErrUnreachable, ErrUnknownKey, ErrUntrusted, errors.New("other")} {
+		got := Sentence(fmt.Errorf("network factor: %w", err))
+		if prev, ok := seen[got]; ok {
+			t.Errorf("Sentence(%v) = Sentence(%v) = %q, want distinct sentences", err, prev, got)
+		}
+		seen[got] = err
 	}
 }

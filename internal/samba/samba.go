@@ -4,8 +4,8 @@
 // added to lo for its lifetime), with LDAPS and StartTLS certificates from a CA the harness
 // makes, so that a test knows the CA to pin.
 //
-// Provisioning takes about 10 s on an idle 2-core machine and the start
-// about 1 to 3 s, so a test binary shares one DC: call [Shared] from tests
+// Provisioning takes 7 to 11 s on a 2-core machine and the start 0.4 to 3 s,
+// depending on load, so a test binary shares one DC: call [Shared] from tests
 // and [Main] from TestMain, which stops the DC when the tests end.
 //
 //	func TestMain(m *testing.M) { os.Exit(samba.Main(m)) }
@@ -67,8 +67,8 @@ type Options struct {
 
 // Timeouts of the harness.
 const (
-	// ProvisionTimeout bounds samba-tool domain provision (about 11 s on an
-	// idle 2-core machine).
+	// ProvisionTimeout bounds samba-tool domain provision (7 to 11 s on a
+	// 2-core machine, more under load).
 	ProvisionTimeout = 3 * time.Minute
 	// StartTimeout bounds the wait for a started DC to answer LDAPS.
 	StartTimeout = 2 * time.Minute

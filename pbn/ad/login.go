@@ -49,6 +49,9 @@ type Identity struct {
 	// Groups are the groups the account belongs to, nested ones included.
 	// The primary group (primaryGroupID, usually Domain Users) is not among
 	// them: AD does not list it in member.
+	//
+	// TODO: add the primary group (the domain's SID and primaryGroupID, no
+	// extra round trip), so that Domain Users can be an owner group.
 	Groups []Group
 	// Owner and Admin say whether the account is in an owner or an
 	// administrator group of the configuration.

@@ -212,9 +212,15 @@ func TestIdentity(t *testing.T) {
 			t.Errorf("group %s has SID %q", g.Name, g.SID)
 		}
 	}
+	domainSID := id.SID[:strings.LastIndexByte(id.SID, '-')]
+	for _, g := range id.Groups {
+		if g.Name == "Domain Users" && g.SID != domainSID+"-513" {
+			t.Errorf("Domain Users has SID %s, want %s-513", g.SID, domainSID)
+		}
+	}
 	slices.Sort(names)
-	if want := []string{"pbn-owners", "pbn-staff"}; !slices.Equal(names, want) {
-		t.Errorf("Groups = %v, want %v (pbn-owners through nesting)", names, want)
+	if want := []string{"Domain Users", "pbn-owners", "pbn-staff"}; !slices.Equal(names, want) {
+		t.Errorf("Groups = %v, want %v (pbn-owners through nesting, Domain Users as the primary group)", names, want)
 	}
 	if !id.Owner || id.Admin {
 		t.Errorf("Owner, Admin = %v, %v; want true, false", id.Owner, id.Admin)

@@ -64,3 +64,16 @@ func FuzzDecodeSID(f *testing.F) {
 		}
 	})
 }
+
+func TestPrimaryGroupSID(t *testing.T) {
+	for _, tt := range []struct{ user, rid, want string }{
+		{"S-1-5-21-1-2-3-1104", "513", "S-1-5-21-1-2-3-513"},
+		{"S-1-5-21-1-2-3-1104", "", ""},
+		{"S-1-5-21-1-2-3-1104", "5-13", ""},
+		{"", "513", ""},
+	} {
+		if got := primaryGroupSID(tt.user, tt.rid); got != tt.want {
+			t.Errorf("primaryGroupSID(%q, %q) = %q, want %q", tt.user, tt.rid, got, tt.want)
+		}
+	}
+}

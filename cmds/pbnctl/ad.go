@@ -60,14 +60,18 @@ type adLoginFlags struct {
 }
 
 func (f *adLoginFlags) register(fs *flag.FlagSet) {
-	fs.Var(&f.dcs, "dc", "domain controller `URL`, ldaps://host[:port] or ldap://host[:port] for StartTLS; repeat to fail over (default: DNS SRV of the domain)")
+	fs.Var(&f.dcs, "dc", "domain controller `URL`, ldaps://host[:port] or ldap://host[:port] "+
+		"for StartTLS; repeat to fail over (default: DNS SRV of the domain)")
 	fs.StringVar(&f.caFile, "ca", "", "PEM `file` of the CA to pin (required)")
 	fs.StringVar(&f.domain, "domain", "", "the domain's DNS `name` (default: the account's UPN suffix)")
 	fs.BoolVar(&f.ldaps, "ldaps", false, "reach DCs found in DNS by LDAPS on port 636 instead of StartTLS")
-	fs.BoolVar(&f.stdin, "password-stdin", false, "read the passwords from standard input, one a line, not the terminal")
+	fs.BoolVar(&f.stdin, "password-stdin", false,
+		"read the passwords from standard input, one a line, not the terminal")
 	fs.Var(&f.owners, "owner-group", "`group` (SID or name) whose members may own devices; repeatable")
 	fs.Var(&f.admins, "admin-group", "administrators' `group` (SID or name); repeatable")
-	fs.StringVar(&f.changeAs, "change-account", "", "when the password has expired or must change, set a new one as the prompt does, carried by this `account` (its password is read after the user's, the new one last)")
+	fs.StringVar(&f.changeAs, "change-account", "", "when the password has expired or must change, "+
+		"set a new one as the prompt does, carried by this `account` "+
+		"(its password is read after the user's, the new one last)")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", ad.DefaultConnect, "most time to reach one DC")
 	fs.DurationVar(&f.dcTimeout, "dc-timeout", ad.DefaultDC, "most time spent on one DC")
 }

@@ -387,7 +387,8 @@ func (d *DC) Close() error {
 		}
 	}
 	if d.netns == "" && d.Addr.IsValid() {
-		if out, err := exec.Command("ip", "addr", "del", d.Addr.String()+"/32", "dev", "lo").CombinedOutput(); err != nil {
+		del := exec.Command("ip", "addr", "del", d.Addr.String()+"/32", "dev", "lo")
+		if out, err := del.CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("samba: remove %s from lo: %w: %s", d.Addr, err, out))
 		}
 	}

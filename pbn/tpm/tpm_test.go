@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -385,5 +387,42 @@ func TestPrompts(t *testing.T) {
 		if !strings.Contains(got, tc.want) || (tc.want == "") != (got == "") {
 			t.Errorf("Prompt(%v) = %q, want it to contain %q", tc.err, got, tc.want)
 		}
+	}
+}
+
+// Open reaches a TPM over TCP, here swtpm's Unix socket behind a relay on
+// loopback that the test runs.
+func TestOpenTCP(t *testing.T) {
+	sim := swtpm.Start(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		u, err := net.Dial("unix", strings.TrimPrefix(sim.Path(), "unix:"))
+		if err != nil {
+			return
+		}
+		go func() {
+			io.Copy(u, c)
+			u.Close() // the client is gone: free swtpm for the next one
+		}()
+		io.Copy(c, u)
+	}()
+
+	tp, err := Open(testContext(t), "tcp:"+ln.Addr().String(), nil)
+	if err != nil {
+		t.Fatalf("Open(tcp) = %v", err)
+	}
+	defer tp.Close()
+	s, auth, data := seal(t, tp, DefaultPCRs)
+	if got, err := tp.Unseal(testContext(t), s, auth); err != nil || !got.Equal(data) {
+		t.Errorf("Unseal over TCP = %v, want the secret", err)
 	}
 }

@@ -426,3 +426,22 @@ func TestOpenTCP(t *testing.T) {
 		t.Errorf("Unseal over TCP = %v, want the secret", err)
 	}
 }
+
+func FuzzParsePCRSelection(f *testing.F) {
+	for _, s := range []string{"0,2,4,7,9", "23", "7, 0,7 ,2", "", "24", "1,,2", "-1", "+3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sel, err := ParsePCRSelection(s)
+		if err != nil {
+			return
+		}
+		if err := sel.check(); err != nil {
+			t.Errorf("ParsePCRSelection(%q) = %v, which check refuses: %v", s, sel, err)
+		}
+		again, err := ParsePCRSelection(sel.String())
+		if err != nil || again.String() != sel.String() {
+			t.Errorf("ParsePCRSelection(%q) = %v, whose String parses to %v, %v", s, sel, again, err)
+		}
+	})
+}

@@ -84,9 +84,6 @@ func newSim(t testing.TB) *Sim {
 // Path is the TPM's command socket in the form pbn/tpm.Open takes.
 func (s *Sim) Path() string { return "unix:" + s.socket() }
 
-// StateDir is the directory that holds the TPM's persistent state.
-func (s *Sim) StateDir() string { return s.state }
-
 func (s *Sim) socket() string { return filepath.Join(s.dir, "tpm.sock") }
 
 // Restart shuts the TPM down in order and starts it again on the same state,

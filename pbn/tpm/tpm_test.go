@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/pbn-project/pbn/internal/swtpm"
@@ -444,4 +445,37 @@ func FuzzParsePCRSelection(f *testing.F) {
 			t.Errorf("ParsePCRSelection(%q) = %v, whose String parses to %v, %v", s, sel, again, err)
 		}
 	})
+}
+
+// Another program's RSA key at the SRK's persistent handle (Windows and
+// tpm2-tools put theirs there) does not stop sealing and unsealing: they
+// make the ECC SRK instead.
+func TestForeignKeyAtSRKHandle(t *testing.T) {
+	tp := openSim(t, swtpm.Start(t))
+	rsp, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHOwner,
+		InPublic:      tpm2.New2B(tpm2.RSASRKTemplate),
+	}.Execute(tp.tr)
+	if err != nil {
+		t.Fatalf("CreatePrimary(RSA) = %v", err)
+	}
+	_, err = tpm2.EvictControl{
+		Auth:             tpm2.TPMRHOwner,
+		ObjectHandle:     tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name},
+		PersistentHandle: srkHandle,
+	}.Execute(tp.tr)
+	if err != nil {
+		t.Fatalf("EvictControl = %v", err)
+	}
+	flush(tp.tr, rsp.ObjectHandle)
+
+	s, auth, data := seal(t, tp, DefaultPCRs)
+	fresh := New(tp.tr, nil)
+	defer fresh.Close()
+	if got, err := fresh.Unseal(testContext(t), s, auth); err != nil || !got.Equal(data) {
+		t.Errorf("Unseal with an RSA key at the SRK handle = %v, want the secret", err)
+	}
+	if ok, err := fresh.SRKPersistent(testContext(t)); err != nil || ok {
+		t.Errorf("SRKPersistent = %v, %v, want false", ok, err)
+	}
 }

@@ -69,6 +69,18 @@ func TestSealRoundTrip(t *testing.T) {
 			}
 		})
 	}
+	// authValues with zero bytes inside and at the end, which go-tpm v0.9.8
+	// would cut short if objectAuth passed them on as they are.
+	for _, auth := range []secret.Bytes{{1, 0, 2, 3}, {1, 2, 0}, {0}} {
+		data := secret.Random(32)
+		s, err := tp.Seal(testContext(t), DefaultPCRs, auth, data)
+		if err != nil {
+			t.Fatalf("Seal = %v", err)
+		}
+		if got, err := tp.Unseal(testContext(t), s, auth); err != nil || !got.Equal(data) {
+			t.Errorf("Unseal with authValue %x = %v, want the secret", []byte(auth), err)
+		}
+	}
 }
 
 func TestSealRefusesNoPCRBinding(t *testing.T) {

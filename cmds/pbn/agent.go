@@ -131,16 +131,19 @@ func (a *agent) modules(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	x, err := kmod.Open(dir)
 	if err != nil {
 		return err
 	}
+	a.log.Debug("module index read", "dir", dir, "took", time.Since(start))
 	a.loader = kmod.NewLoader(x, a.log)
 	linkModprobe(a.log)
 	rep, err := a.loader.Coldplug(ctx, kmod.ColdplugOptions{})
 	if err != nil {
 		return err
 	}
+	a.log.Debug("coldplug", "rounds", rep.Rounds, "took", time.Since(start))
 	if rep.Err != nil {
 		a.log.Warn("some modules did not load", "err", rep.Err)
 	}

@@ -137,6 +137,9 @@ func Up(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil || len(attempts) == 0 {
 		return nil, err
 	}
+	if err := waitRandom(ctx); err != nil {
+		return nil, err
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -333,7 +333,9 @@ func (a *agent) mountRoot(ctx context.Context) error {
 	if fstype == "" {
 		fstype = dev.Super.Type
 	}
-	a.loadModule("fs-" + fstype)
+	if fstype != "" {
+		a.loadModule("fs-" + fstype)
+	}
 	if err := disk.MountRoot(dev, newRoot, fstype, a.cmdline.RootFlags, a.cmdline.ReadWrite); err != nil {
 		return err
 	}

@@ -170,6 +170,9 @@ func linkModprobe(log *slog.Logger) {
 
 // network brings up the network. A network that does not come up is not
 // an error: the password unlock needs none.
+// TODO: the network could come up while the ESP is read and the password
+// typed; it runs first so that its console lines come before the prompt
+// and the AD and key server unlockers of the two-stage issue find it up.
 func (a *agent) network(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.NetTimeout)
 	defer cancel()

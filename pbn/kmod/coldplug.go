@@ -83,6 +83,9 @@ func (o ColdplugOptions) withDefaults() ColdplugOptions {
 
 // newMatches polls the tree for modaliases not seen before, for up to
 // opts.Settle, and returns the modules not yet tried that match them.
+// TODO: listening to the kernel's uevents (NETLINK_KOBJECT_UEVENT) would
+// see a new device at once instead of at the next poll, and spare the
+// settle time at the end.
 func (l *Loader) newMatches(ctx context.Context, opts ColdplugOptions, seen map[string]bool) ([]string, error) {
 	deadline := time.Now().Add(opts.Settle)
 	for {

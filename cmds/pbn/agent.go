@@ -72,7 +72,7 @@ func (a *agent) run(ctx context.Context) error {
 		return err
 	}
 	a.say("switch_root to %s", a.initPath)
-	a.con.Drain()
+	a.con.Close() // gives the terminal back its echo and line editing
 	return handoff.SwitchRoot(newRoot, a.initPath, append([]string{a.initPath}, initArgs()...))
 }
 
@@ -301,7 +301,12 @@ func (a *agent) openDisk(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.loadModule("dm-crypt")
+	// LUKS2's default cipher, aes-xts-plain64, loaded here rather than by
+	// the kernel's requests, each of which runs the agent anew as
+	// modprobe; other ciphers still load that way.
+	for _, m := range []string{"dm-crypt", "crypto-xts", "crypto-aes"} {
+		a.loadModule(m)
+	}
 	wctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
 	defer cancel()
 	dev, err := disk.Wait(wctx, disk.Sysfs{}, "UUID="+v.UUID, func(d *disk.Device) bool {

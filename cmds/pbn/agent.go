@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -152,12 +153,17 @@ func (a *agent) modules(ctx context.Context) error {
 }
 
 // linkModprobe makes the agent the initramfs's /sbin/modprobe, which the
-// kernel runs to load file systems and ciphers on demand.
+// kernel runs to load file systems and ciphers on demand. The link goes to
+// the path the agent was run by, which in u-root's busybox is its own link
+// to the busybox binary, so that the busybox runs the agent.
 func linkModprobe(log *slog.Logger) {
-	exe, err := os.Executable()
-	if err != nil {
-		log.Warn("no modprobe", "err", err)
-		return
+	exe := os.Args[0]
+	if !filepath.IsAbs(exe) {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			log.Warn("no modprobe", "err", err)
+			return
+		}
 	}
 	if err := os.MkdirAll("/sbin", 0o755); err != nil {
 		log.Warn("no modprobe", "err", err)

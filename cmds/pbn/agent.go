@@ -40,6 +40,8 @@ type agent struct {
 	timing  *stage.Timing
 	loader  *kmod.Loader
 
+	volume   cmdline.LUKS // the LUKS volume to open
+	luksDev  *disk.Device // where it is
 	files    []*keyfile.KeyFile
 	opened   *keyfile.KeyFile
 	rootDev  *disk.Device
@@ -223,7 +225,7 @@ func (a *agent) keyFiles(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
 	defer cancel()
-	esp, err := disk.Wait(ctx, disk.Sysfs{}, "the EFI system partition", (*disk.Device).IsESP)
+	esp, err := a.findESP(ctx)
 	if err != nil {
 		return err
 	}
@@ -243,6 +245,26 @@ func (a *agent) keyFiles(ctx context.Context) error {
 	a.files = files
 	a.say("keyfiles: %d on %s", len(files), esp.Path)
 	return nil
+}
+
+// findESP finds the LUKS volume, then the ESP on the same disk: a USB
+// stick's ESP must not stand in for the laptop's own. Only when the volume
+// is not a partition does any ESP do.
+func (a *agent) findESP(ctx context.Context) (*disk.Device, error) {
+	v, err := a.volumeSpec()
+	if err != nil {
+		return nil, err
+	}
+	luks, err := disk.Wait(ctx, disk.Sysfs{}, "UUID="+v.UUID, func(d *disk.Device) bool {
+		return d.Super.Type == disk.TypeLUKS && d.Super.UUID == v.UUID
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.volume, a.luksDev = v, luks
+	return disk.Wait(ctx, disk.Sysfs{}, "the EFI system partition", func(d *disk.Device) bool {
+		return d.IsESP() && (luks.Disk == "" || d.Disk == luks.Disk)
+	})
 }
 
 // loadModule loads a module that a later step needs; the kernel may have
@@ -285,9 +307,9 @@ func describe(f *keyfile.KeyFile) string {
 	return h.Kind.String() + " " + h.ID.String()
 }
 
-// volume returns the LUKS volume to open: the first rd.luks=, or the root
-// device itself when root= names a LUKS volume.
-func (a *agent) volume() (cmdline.LUKS, error) {
+// volumeSpec returns the LUKS volume to open: the first rd.luks=, or the
+// root device itself when root= names it by UUID.
+func (a *agent) volumeSpec() (cmdline.LUKS, error) {
 	if len(a.cmdline.LUKS) > 0 {
 		// TODO: open every rd.luks volume; a second data volume needs its
 		// own keyslot for the same FDE secret.
@@ -303,23 +325,12 @@ var errNoVolume = errors.New("the kernel command line names no LUKS volume (rd.l
 
 func (a *agent) openDisk(ctx context.Context) error {
 	defer a.opened.Close() // wipes the FDE secret
-	v, err := a.volume()
-	if err != nil {
-		return err
-	}
+	v, dev := a.volume, a.luksDev
 	// LUKS2's default cipher, aes-xts-plain64, loaded here rather than by
 	// the kernel's requests, each of which runs the agent anew as
 	// modprobe; other ciphers still load that way.
 	for _, m := range []string{"dm-crypt", "crypto-xts", "crypto-aes"} {
 		a.loadModule(m)
-	}
-	wctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
-	defer cancel()
-	dev, err := disk.Wait(wctx, disk.Sysfs{}, "UUID="+v.UUID, func(d *disk.Device) bool {
-		return d.Super.Type == disk.TypeLUKS && d.Super.UUID == v.UUID
-	})
-	if err != nil {
-		return err
 	}
 	cs, err := disk.Cryptsetup()
 	if err != nil {

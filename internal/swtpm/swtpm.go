@@ -11,9 +11,6 @@ package swtpm
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
-	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -87,11 +84,6 @@ func newSim(t testing.TB) *Sim {
 // Path is the TPM's command socket in the form pbn/tpm.Open takes.
 func (s *Sim) Path() string { return "unix:" + s.socket() }
 
-func (s *Sim) ctrlSocket() string { return filepath.Join(s.dir, "ctrl.sock") }
-
-// StateDir is the directory that holds the TPM's persistent state.
-func (s *Sim) StateDir() string { return s.state }
-
 func (s *Sim) socket() string { return filepath.Join(s.dir, "tpm.sock") }
 
 // Restart shuts the TPM down in order and starts it again on the same state,
@@ -106,11 +98,9 @@ func (s *Sim) Restart(t testing.TB) {
 func (s *Sim) start(t testing.TB) {
 	t.Helper()
 	os.Remove(s.socket())
-	os.Remove(s.ctrlSocket())
 	s.cmd = exec.Command(s.bin, "socket", "--tpm2",
 		"--tpmstate", "dir="+s.state,
 		"--server", "type=unixio,path="+s.socket(),
-		"--ctrl", "type=unixio,path="+s.ctrlSocket(),
 		"--flags", "not-need-init,startup-clear",
 		"--log", "file="+filepath.Join(s.dir, "swtpm.log"))
 	if err := s.cmd.Start(); err != nil {
@@ -193,24 +183,6 @@ func shutdown(socket string) error {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(stopTimeout))
-	const (
-		stNoSessions = 0x8001
-		ccShutdown   = 0x145
-		suClear      = 0x0000
-	)
-	cmd := binary.BigEndian.AppendUint16(nil, stNoSessions)
-	cmd = binary.BigEndian.AppendUint32(cmd, 12)
-	cmd = binary.BigEndian.AppendUint32(cmd, ccShutdown)
-	cmd = binary.BigEndian.AppendUint16(cmd, suClear)
-	if _, err := c.Write(cmd); err != nil {
-		return err
-	}
-	rsp := make([]byte, 10)
-	if _, err := io.ReadFull(c, rsp); err != nil {
-		return err
-	}
-	if rc := binary.BigEndian.Uint32(rsp[6:]); rc != 0 {
-		return fmt.Errorf("TPM2_Shutdown: response code %#x", rc)
-	}
-	return nil
+	_, err = tpm2.Shutdown{ShutdownType: tpm2.TPMSUClear}.Execute(transport.FromReadWriter(c))
+	return err
 }

@@ -25,10 +25,11 @@ const MaxSealedSize = 128
 // byte.
 //
 // TODO: drop the hex encoding once go-tpm's hmacKeyFromAuthValue (v0.9.8,
-// tpm2/sessions.go) trims only trailing zeros: it cuts an authValue at its
-// last zero byte wherever it is, so an authValue with a zero byte inside
-// makes an HMAC the TPM refuses, and every unseal counts as a wrong password.
-// Changing the encoding then needs a new parameter version.
+// tpm2/sessions.go) trims only trailing zeros (google/go-tpm pull request
+// 446): it cuts an authValue at its last zero byte wherever it is, so an
+// authValue with a zero byte inside (one random 32-byte value in eight)
+// makes an HMAC the TPM refuses, and every unseal counts as a wrong
+// password. Changing the encoding then needs a new parameter version.
 func objectAuth(authValue secret.Bytes) secret.Bytes {
 	d := sha256.Sum256(authValue)
 	defer clear(d[:])

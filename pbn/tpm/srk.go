@@ -93,7 +93,8 @@ func (t *TPM) primarySRK(tr transport.TPM) (*srk, error) {
 }
 
 // persistentSRK reads the public area of the persistent SRK (Part 3, 12.4
-// TPM2_ReadPublic), or returns nil when there is none.
+// TPM2_ReadPublic), or returns nil when there is none or the key there is
+// not an ECC key.
 func (t *TPM) persistentSRK(tr transport.TPM) (*srk, error) {
 	if t.persistent != nil {
 		return t.persistent, nil
@@ -107,7 +108,9 @@ func (t *TPM) persistentSRK(tr transport.TPM) (*srk, error) {
 	}
 	k, err := checkedSRK(srkHandle, rsp.OutPublic, rsp.Name)
 	if err != nil {
-		return nil, fmt.Errorf("read the persistent SRK: %w", err)
+		// Another program's key, such as an RSA SRK: not one to use.
+		t.log.Debug("the key at the SRK's persistent handle is not an ECC SRK", "err", err)
+		return nil, nil
 	}
 	t.persistent = k
 	return k, nil

@@ -7,10 +7,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/pbn-project/pbn/internal/swtpm"
@@ -65,6 +68,18 @@ func TestSealRoundTrip(t *testing.T) {
 				t.Errorf("Check = %v, want nil", err)
 			}
 		})
+	}
+	// authValues with zero bytes inside and at the end, which go-tpm v0.9.8
+	// would cut short if objectAuth passed them on as they are.
+	for _, auth := range []secret.Bytes{{1, 0, 2, 3}, {1, 2, 0}, {0}} {
+		data := secret.Random(32)
+		s, err := tp.Seal(testContext(t), DefaultPCRs, auth, data)
+		if err != nil {
+			t.Fatalf("Seal = %v", err)
+		}
+		if got, err := tp.Unseal(testContext(t), s, auth); err != nil || !got.Equal(data) {
+			t.Errorf("Unseal with authValue %x = %v, want the secret", []byte(auth), err)
+		}
 	}
 }
 
@@ -385,5 +400,94 @@ func TestPrompts(t *testing.T) {
 		if !strings.Contains(got, tc.want) || (tc.want == "") != (got == "") {
 			t.Errorf("Prompt(%v) = %q, want it to contain %q", tc.err, got, tc.want)
 		}
+	}
+}
+
+// Open reaches a TPM over TCP, here swtpm's Unix socket behind a relay on
+// loopback that the test runs.
+func TestOpenTCP(t *testing.T) {
+	sim := swtpm.Start(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		u, err := net.Dial("unix", strings.TrimPrefix(sim.Path(), "unix:"))
+		if err != nil {
+			return
+		}
+		go func() {
+			io.Copy(u, c)
+			u.Close() // the client is gone: free swtpm for the next one
+		}()
+		io.Copy(c, u)
+	}()
+
+	tp, err := Open(testContext(t), "tcp:"+ln.Addr().String(), nil)
+	if err != nil {
+		t.Fatalf("Open(tcp) = %v", err)
+	}
+	defer tp.Close()
+	s, auth, data := seal(t, tp, DefaultPCRs)
+	if got, err := tp.Unseal(testContext(t), s, auth); err != nil || !got.Equal(data) {
+		t.Errorf("Unseal over TCP = %v, want the secret", err)
+	}
+}
+
+func FuzzParsePCRSelection(f *testing.F) {
+	for _, s := range []string{"0,2,4,7,9", "23", "7, 0,7 ,2", "", "24", "1,,2", "-1", "+3"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sel, err := ParsePCRSelection(s)
+		if err != nil {
+			return
+		}
+		if err := sel.check(); err != nil {
+			t.Errorf("ParsePCRSelection(%q) = %v, which check refuses: %v", s, sel, err)
+		}
+		again, err := ParsePCRSelection(sel.String())
+		if err != nil || again.String() != sel.String() {
+			t.Errorf("ParsePCRSelection(%q) = %v, whose String parses to %v, %v", s, sel, again, err)
+		}
+	})
+}
+
+// Another program's RSA key at the SRK's persistent handle (Windows and
+// tpm2-tools put theirs there) does not stop sealing and unsealing: they
+// make the ECC SRK instead.
+func TestForeignKeyAtSRKHandle(t *testing.T) {
+	tp := openSim(t, swtpm.Start(t))
+	rsp, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHOwner,
+		InPublic:      tpm2.New2B(tpm2.RSASRKTemplate),
+	}.Execute(tp.tr)
+	if err != nil {
+		t.Fatalf("CreatePrimary(RSA) = %v", err)
+	}
+	_, err = tpm2.EvictControl{
+		Auth:             tpm2.TPMRHOwner,
+		ObjectHandle:     tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name},
+		PersistentHandle: srkHandle,
+	}.Execute(tp.tr)
+	if err != nil {
+		t.Fatalf("EvictControl = %v", err)
+	}
+	flush(tp.tr, rsp.ObjectHandle)
+
+	s, auth, data := seal(t, tp, DefaultPCRs)
+	fresh := New(tp.tr, nil)
+	defer fresh.Close()
+	if got, err := fresh.Unseal(testContext(t), s, auth); err != nil || !got.Equal(data) {
+		t.Errorf("Unseal with an RSA key at the SRK handle = %v, want the secret", err)
+	}
+	if ok, err := fresh.SRKPersistent(testContext(t)); err != nil || ok {
+		t.Errorf("SRKPersistent = %v, %v, want false", ok, err)
 	}
 }

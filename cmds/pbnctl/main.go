@@ -40,8 +40,10 @@ type command struct {
 // commands lists pbnctl's commands in the order -h shows them.
 var commands = []command{
 	// One line a command; each command's code lives in its own file.
-	{"ad", "Active Directory checks: ad login", runAD},
 	{"keyfile", "create, inspect and open key files; add and remove protectors", runKeyfile},
+	{"ad", "Active Directory checks: ad login", runAD},
+	{"tpm", "look at the TPM, check a key file against it, reseal a key file to it", runTPM},
+	{"tang", "make, rotate, retire and show a Tang key directory", runTang},
 	{"device", "the key server's devices: list, show, mark lost, retire", runDevice},
 	{"recovery", "read a device's escrowed recovery key, with the reason recorded", runRecovery},
 	{"audit", "the key server's audit trail: tail, export as JSON lines", runAudit},

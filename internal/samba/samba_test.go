@@ -3,7 +3,10 @@ package samba
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -65,5 +68,36 @@ func TestLoopbackOnly(t *testing.T) {
 	if err == nil {
 		c.Close()
 		t.Errorf("the DC answers on 127.0.0.1 too")
+	}
+}
+
+// TestNetns starts a DC inside a network namespace of the test's own, on
+// that namespace's 127.0.0.1, and binds to it through DialContext.
+func TestNetns(t *testing.T) {
+	Need(t)
+	ns := fmt.Sprintf("pbn-samba-test-%d", os.Getpid())
+	for _, args := range [][]string{{"netns", "add", ns}, {"-n", ns, "link", "set", "lo", "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+		if args[0] == "netns" {
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	dc, err := Start(context.Background(), Options{Netns: ns, Addr: netip.MustParseAddr("127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	if _, err := dc.AddUser(context.Background(), User{Name: "alice", Password: "Pass-w0rd-1"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := dc.dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Bind("alice@"+dc.DNSDomain, "Pass-w0rd-1"); err != nil {
+		t.Errorf("Bind in netns %s = %v", ns, err)
 	}
 }

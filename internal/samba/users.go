@@ -192,7 +192,7 @@ db.modify(m, controls=["local_oid:1.3.6.1.4.1.7165.4.3.20:0"])
 `
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, py, "-c", script, d.conf(), dn,
+	out, err := d.command(ctx, py, "-c", script, d.conf(), dn,
 		strconv.FormatInt(fileTime(t), 10)).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("set pwdLastSet: %w: %s", err, tail(out))

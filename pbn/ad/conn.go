@@ -90,7 +90,8 @@ func (s *session) startTLS(raw net.Conn) error {
 	s.id++
 	msg := ber.Encode(ber.ClassUniversal, ber.TypeConstructed, ber.TagSequence, nil, "LDAPMessage")
 	msg.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, s.id, "messageID"))
-	req := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ldap.ApplicationExtendedRequest, nil, "ExtendedRequest")
+	req := ber.Encode(ber.ClassApplication, ber.TypeConstructed,
+		ldap.ApplicationExtendedRequest, nil, "ExtendedRequest")
 	req.AppendChild(ber.NewString(ber.ClassContext, ber.TypePrimitive, 0, oidStartTLS, "requestName"))
 	msg.AppendChild(req)
 	s.trips++

@@ -212,9 +212,15 @@ func TestIdentity(t *testing.T) {
 			t.Errorf("group %s has SID %q", g.Name, g.SID)
 		}
 	}
+	domainSID := id.SID[:strings.LastIndexByte(id.SID, '-')]
+	for _, g := range id.Groups {
+		if g.Name == "Domain Users" && g.SID != domainSID+"-513" {
+			t.Errorf("Domain Users has SID %s, want %s-513", g.SID, domainSID)
+		}
+	}
 	slices.Sort(names)
-	if want := []string{"pbn-owners", "pbn-staff"}; !slices.Equal(names, want) {
-		t.Errorf("Groups = %v, want %v (pbn-owners through nesting)", names, want)
+	if want := []string{"Domain Users", "pbn-owners", "pbn-staff"}; !slices.Equal(names, want) {
+		t.Errorf("Groups = %v, want %v (pbn-owners through nesting, Domain Users as the primary group)", names, want)
 	}
 	if !id.Owner || id.Admin {
 		t.Errorf("Owner, Admin = %v, %v; want true, false", id.Owner, id.Admin)
@@ -242,7 +248,8 @@ func TestInjection(t *testing.T) {
 	}
 	// Past the parser, escaping alone must hold.
 	got := c.userFilter(Account{Form: Principal, Name: `a*)(x\`, Domain: "corp.example.test"})
-	want := `(&(objectCategory=person)(objectClass=user)(|(userPrincipalName=a\2a\29\28x\5c@corp.example.test)(sAMAccountName=a\2a\29\28x\5c)))`
+	want := `(&(objectCategory=person)(objectClass=user)` +
+		`(|(userPrincipalName=a\2a\29\28x\5c@corp.example.test)(sAMAccountName=a\2a\29\28x\5c)))`
 	if got != want {
 		t.Errorf("userFilter = %s, want %s", got, want)
 	}
@@ -395,7 +402,8 @@ func TestPinMismatch(t *testing.T) {
 	// An impostor on one address does not stop the login on the next DC.
 	impostor := impostor(t, other)
 	cfg := f.config(impostor, f.dc.LDAPS())
-	if id, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password)); err != nil || id.DC != f.dc.LDAPS() {
+	id, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password))
+	if err != nil || id.DC != f.dc.LDAPS() {
 		t.Errorf("Login via %s then %s = %v, want success on the second", impostor, f.dc.LDAPS(), err)
 	}
 }
@@ -497,7 +505,8 @@ func TestChangePassword(t *testing.T) {
 			if !NeedsNewPassword(err) {
 				t.Fatalf("Login(%s) = %v, want a reason that needs a new password", name, err)
 			}
-			if err := c.ChangePassword(ctx, name, secret.Bytes("wrong-Old-1"), secret.Bytes("N3w-password-1")); ReasonOf(err) != WrongCredentials {
+			err = c.ChangePassword(ctx, name, secret.Bytes("wrong-Old-1"), secret.Bytes("N3w-password-1"))
+			if ReasonOf(err) != WrongCredentials {
 				t.Errorf("ChangePassword with a wrong old password = %v, want WrongCredentials", err)
 			}
 			if err := c.ChangePassword(ctx, name, secret.Bytes(password), secret.Bytes("a")); ReasonOf(err) != PasswordRejected {

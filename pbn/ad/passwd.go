@@ -24,6 +24,9 @@ import (
 // ChangeUnavailable before anything is sent; WrongCredentials when old is
 // wrong; PasswordRejected when new breaks the domain's rules; Unreachable or
 // PinMismatch when no DC answers; Other when the change account cannot bind.
+//
+// TODO: the Kerberos password change (RFC 3244, kpasswd), which AD allows
+// with the old password alone, would need no change account in the image.
 func (c *Client) ChangePassword(ctx context.Context, account string, old, new secret.Bytes) error {
 	a, err := c.parse(account)
 	if err != nil {

@@ -23,7 +23,8 @@ func TestEncodeBind(t *testing.T) {
 		pw := secret.Bytes(bytes.Repeat([]byte{'p'}, tt.pwLen))
 		msg := encodeBind(tt.id, tt.name, pw)
 		if cap(msg) != len(msg) {
-			t.Errorf("encodeBind(%d, %d-byte name, %d-byte password): cap %d, len %d; the buffer grew", tt.id, len(tt.name), tt.pwLen, cap(msg), len(msg))
+			t.Errorf("encodeBind(%d, %d-byte name, %d-byte password): cap %d, len %d; the buffer grew",
+				tt.id, len(tt.name), tt.pwLen, cap(msg), len(msg))
 		}
 		p, err := ber.DecodePacketErr(msg)
 		if err != nil {
@@ -34,7 +35,8 @@ func TestEncodeBind(t *testing.T) {
 		}
 		req := p.Children[1].Children
 		if p.Children[0].Value != tt.id || p.Children[1].Tag != 0 || req[0].Value != int64(3) ||
-			req[1].Value != tt.name || !bytes.Equal(req[2].Data.Bytes(), pw) || req[2].Tag != 0 || req[2].ClassType != ber.ClassContext {
+			req[1].Value != tt.name || !bytes.Equal(req[2].Data.Bytes(), pw) ||
+			req[2].Tag != 0 || req[2].ClassType != ber.ClassContext {
 			t.Errorf("encodeBind(%d, ...) decodes as id %v, version %v, name %d bytes, simple %d bytes", tt.id,
 				p.Children[0].Value, req[0].Value, len(req[1].Data.Bytes()), len(req[2].Data.Bytes()))
 		}

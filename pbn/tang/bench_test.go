@@ -1,11 +1,13 @@
 package tang
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"sync"
@@ -125,12 +127,18 @@ func (l *load) exchange() (time.Duration, error) {
 	if _, err := c.Write(l.request); err != nil {
 		return 0, err
 	}
-	reply, err := io.ReadAll(c)
+	// tangd reads requests until the client closes, so the reply ends at
+	// its Content-Length, not at the end of the connection.
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
 		return 0, err
 	}
-	if !bytes.HasPrefix(reply, []byte("HTTP/1.1 200")) || !bytes.Contains(reply, []byte(`"x":`)) {
-		return 0, fmt.Errorf("reply %.40q, want 200 with a JWK", reply)
+	reply, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(reply, []byte(`"x":`)) {
+		return 0, fmt.Errorf("reply %s %.40q, want 200 with a JWK", resp.Status, reply)
 	}
 	return time.Since(start), nil
 }

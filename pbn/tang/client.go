@@ -64,8 +64,7 @@ func (c *Client) Advertisement(ctx context.Context, baseURL string, pin []byte) 
 	if err != nil {
 		return nil, err
 	}
-	thp := publicJWK(p521, mustBytes(pub), algSign).thumbprint(crypto.SHA256)
-	b, err := c.do(ctx, http.MethodGet, baseURL, "adv/"+thp, nil, maxAdvertisement)
+	b, err := c.do(ctx, http.MethodGet, baseURL, "adv/"+pinThumbprint(pub), nil, maxAdvertisement)
 	if errors.Is(err, ErrUnknownKey) {
 		return nil, fmt.Errorf("%w: %s does not know the pinned key", ErrUntrusted, baseURL)
 	}
@@ -202,12 +201,23 @@ func parsePin(pin []byte) (*ecdsa.PublicKey, error) {
 	return pub, nil
 }
 
-func mustBytes(pub *ecdsa.PublicKey) []byte {
+// pinThumbprint returns the SHA-256 JWK thumbprint of a pinned key.
+func pinThumbprint(pub *ecdsa.PublicKey) string {
 	b, err := pub.Bytes()
 	if err != nil {
 		panic(err) // parsePin only returns valid keys
 	}
-	return b
+	return publicJWK(p521, b, algSign).thumbprint(crypto.SHA256)
+}
+
+// PinThumbprint returns the SHA-256 JWK thumbprint (RFC 7638) of a pinned
+// signing key, as clevis's "thp" and tangd's key file names give it.
+func PinThumbprint(pin []byte) (string, error) {
+	pub, err := parsePin(pin)
+	if err != nil {
+		return "", err
+	}
+	return pinThumbprint(pub), nil
 }
 
 // PinJWK returns the pin of a signing key given as a JWK, public or

@@ -30,13 +30,13 @@ type curve struct {
 
 var (
 	p256 = &curve{
-		name: "P-256", size: 32, ecdh: ecdh.P256(), elliptic: elliptic.P256(),
+		name: CurveP256, size: 32, ecdh: ecdh.P256(), elliptic: elliptic.P256(),
 		mul: scalarMult(nistec.NewP256Point),
 		add: combine(nistec.NewP256Point, false),
 		sub: combine(nistec.NewP256Point, true),
 	}
 	p521 = &curve{
-		name: "P-521", size: 66, ecdh: ecdh.P521(), elliptic: elliptic.P521(),
+		name: CurveP521, size: 66, ecdh: ecdh.P521(), elliptic: elliptic.P521(),
 		mul: scalarMult(nistec.NewP521Point),
 		add: combine(nistec.NewP521Point, false),
 		sub: combine(nistec.NewP521Point, true),

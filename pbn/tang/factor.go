@@ -47,7 +47,7 @@ type Factor struct {
 	// Server is the key server to bind to; zero means the header's.
 	Server keyfile.Server
 	// Curve is the curve of the exchange key to bind to; empty means
-	// P-521, Tang's default. PBN mode uses P-256.
+	// CurveP521, Tang's default. PBN mode uses CurveP256.
 	Curve string
 	// Transport carries the exchange; nil means plain Tang over HTTP with
 	// a zero Client.
@@ -71,7 +71,7 @@ func (f Factor) Enroll(ctx context.Context, h *keyfile.Header) ([]byte, secret.B
 	}
 	curve := f.Curve
 	if curve == "" {
-		curve = p521.name
+		curve = CurveP521
 	}
 	key, err := f.transport().ExchangeKey(ctx, h, srv, curve)
 	if err != nil {

@@ -22,6 +22,9 @@ func TestTangdAdvertisementSeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if got, want := thumbprintOfPin(t, pin), "TSMxVqU1Bl1qql40Uu46vqi0M2Q7zINhOMhSjBtpeWc"; got != want {
+		t.Errorf("PinThumbprint() = %s, want tangd's file name %s", got, want)
+	}
 	pub, _ := parsePin(pin)
 	keys, err := verifyAdvertisement([]byte(seedTangdAdv), pub)
 	if err != nil || len(keys) != 2 {

@@ -2,6 +2,7 @@ package tang
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -118,6 +119,9 @@ func TestClevisAgainstHandler(t *testing.T) {
 	if got, err := clevis(t, jwe, "decrypt"); err != nil || !bytes.Equal(got, secretText) {
 		t.Fatalf("clevis decrypt = %q, %v, want %q", got, err, secretText)
 	}
+	if got := jweCurve(t, jwe); got != CurveP521 {
+		t.Errorf("clevis bound to an exchange key on %s, want Tang's default %s", got, CurveP521)
+	}
 
 	if err := RotateKeys(dir); err != nil {
 		t.Fatal(err)
@@ -142,4 +146,24 @@ func TestClevisAgainstHandler(t *testing.T) {
 	if got, err := clevis(t, jwe2, "decrypt"); err != nil || !bytes.Equal(got, secretText) {
 		t.Errorf("clevis decrypt with the current keys = %q, %v, want %q", got, err, secretText)
 	}
+}
+
+// jweCurve returns the curve of the ephemeral key in a compact JWE's
+// protected header (RFC 7516 section 7.1, RFC 7518 section 4.6.1.1).
+func jweCurve(t *testing.T, jwe []byte) string {
+	t.Helper()
+	hdr, _, _ := bytes.Cut(jwe, []byte("."))
+	b, err := b64.DecodeString(string(hdr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct {
+		EPK struct {
+			Crv string `json:"crv"`
+		} `json:"epk"`
+	}
+	if err := json.Unmarshal(b, &h); err != nil {
+		t.Fatal(err)
+	}
+	return h.EPK.Crv
 }

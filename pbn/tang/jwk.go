@@ -57,8 +57,12 @@ type jwkJSON struct {
 }
 
 // decodeStrict decodes one JSON value from b into v, refusing unknown
-// members and anything after the value but white space.
+// members, members given twice (which encoding/json would take the last
+// of) and anything after the value but white space.
 func decodeStrict(b []byte, v any) error {
+	if err := noDuplicates(json.NewDecoder(bytes.NewReader(b))); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -79,6 +83,43 @@ func parseJWK(b []byte) (*jwk, error) {
 		return nil, fmt.Errorf("parse JWK: %w", err)
 	}
 	return w.key()
+}
+
+// noDuplicates reads one JSON value from dec and fails if an object in it
+// has a member twice.
+func noDuplicates(dec *json.Decoder) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	switch tok {
+	case json.Delim('['):
+		for dec.More() {
+			if err := noDuplicates(dec); err != nil {
+				return err
+			}
+		}
+	case json.Delim('{'):
+		seen := map[string]bool{}
+		for dec.More() {
+			name, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			s, _ := name.(string)
+			if seen[s] {
+				return fmt.Errorf("member %q given twice", s)
+			}
+			seen[s] = true
+			if err := noDuplicates(dec); err != nil {
+				return err
+			}
+		}
+	default:
+		return nil
+	}
+	_, err = dec.Token() // the closing delimiter
+	return err
 }
 
 func (w *jwkJSON) key() (*jwk, error) {

@@ -30,12 +30,19 @@ var ErrUnknownKey = errors.New("tang: unknown key")
 // bytes.
 const maxKeyFile = 8 << 10
 
+// The curves of exchange keys, by their JWK names (RFC 7518 section
+// 6.2.1.1).
+const (
+	CurveP256 = "P-256"
+	CurveP521 = "P-521"
+)
+
 // ExchangeKey is a server's public exchange key.
 type ExchangeKey struct {
 	// ID is the key's SHA-256 JWK thumbprint (RFC 7638), the kid of
 	// POST /rec/{kid}.
 	ID string
-	// Curve is the key's JWK curve name, "P-256" or "P-521".
+	// Curve is CurveP256 or CurveP521.
 	Curve string
 	// Point is the public key, an uncompressed SEC 1 point.
 	Point []byte
@@ -236,8 +243,8 @@ func (ks *Keys) AdvertisementFor(kid string) ([]byte, error) {
 func (ks *Keys) Pin() []byte { return ks.pin }
 
 // ExchangeKey returns the advertised exchange key on the named curve
-// ("P-256" for PBN mode, "P-521" for Tang's default), and whether there is
-// one.
+// (CurveP256 for PBN mode, CurveP521 for Tang's default), and whether
+// there is one.
 func (ks *Keys) ExchangeKey(curve string) (ExchangeKey, bool) {
 	i := slices.IndexFunc(ks.exc, func(k ExchangeKey) bool { return k.Curve == curve })
 	if i < 0 {
@@ -253,20 +260,20 @@ func (ks *Keys) ExchangeKey(curve string) (ExchangeKey, bool) {
 // or one that names a signing key, and ErrInvalidPoint when x is not on
 // the key's curve.
 func (ks *Keys) Exchange(kid string, x []byte) ([]byte, error) {
-	k := ks.byID[kid]
-	if k == nil || k.jwk.alg != algExchange {
+	k := ks.exchanger(kid)
+	if k == nil {
 		return nil, ErrUnknownKey
 	}
-	return k.jwk.crv.mul(x, k.jwk.d)
+	return k.crv.mul(x, k.d)
 }
 
-// exchangeCurve returns the curve of the exchange key kid, or nil.
-func (ks *Keys) exchangeCurve(kid string) *curve {
+// exchanger returns the exchange key whose thumbprint is kid, or nil.
+func (ks *Keys) exchanger(kid string) *jwk {
 	k := ks.byID[kid]
 	if k == nil || k.jwk.alg != algExchange {
 		return nil
 	}
-	return k.jwk.crv
+	return k.jwk
 }
 
 // GenerateKeys writes a new set of advertised keys to dir, making dir if

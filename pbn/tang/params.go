@@ -20,9 +20,7 @@ type params struct {
 	client []byte
 }
 
-// paramsVersion is the version marshal writes.
-const paramsVersion = 1
-
+// marshal writes the newest version.
 func (p *params) marshal() ([]byte, error) { return p.marshalV1() }
 
 // parseParams parses parameters of any known version.

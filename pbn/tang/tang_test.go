@@ -3,6 +3,7 @@ package tang
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -140,6 +141,8 @@ func TestBadRequests(t *testing.T) {
 		{"malformed", "POST", "/rec/" + exc.ID, "", `{"kty":"EC",`, 400},
 		{"unknown member", "POST", "/rec/" + exc.ID, "",
 			strings.Replace(valid, `{`, `{"kid":"x",`, 1), 400},
+		{"member twice", "POST", "/rec/" + exc.ID, "",
+			strings.Replace(valid, `{`, `{"kty":"EC",`, 1), 400},
 		{"private key", "POST", "/rec/" + exc.ID, "",
 			strings.Replace(valid, `{`, `{"d":"AAAA",`, 1), 400},
 		{"trailing data", "POST", "/rec/" + exc.ID, "", valid + "{}", 400},
@@ -243,5 +246,18 @@ func TestFactorType(t *testing.T) {
 	var f keyfile.Factor = Factor{}
 	if got := f.Type(); got != keyfile.FactorNetwork {
 		t.Errorf("Type() = %v, want %v", got, keyfile.FactorNetwork)
+	}
+}
+
+// TestSentence: each error a person at the prompt can act on has its own
+// sentence, also when wrapped.
+func TestSentence(t *testing.T) {
+	seen := map[string]error{}
+	for _, err := range []error{ErrUnreachable, ErrUnknownKey, ErrUntrusted, errors.New("other")} {
+		got := Sentence(fmt.Errorf("network factor: %w", err))
+		if prev, ok := seen[got]; ok {
+			t.Errorf("Sentence(%v) = Sentence(%v) = %q, want distinct sentences", err, prev, got)
+		}
+		seen[got] = err
 	}
 }

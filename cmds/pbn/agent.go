@@ -1,0 +1,387 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/cmdline"
+	"github.com/pbn-project/pbn/pbn/console"
+	"github.com/pbn-project/pbn/pbn/disk"
+	"github.com/pbn-project/pbn/pbn/handoff"
+	"github.com/pbn-project/pbn/pbn/kmod"
+	"github.com/pbn-project/pbn/pbn/netup"
+	"github.com/pbn-project/pbn/pbn/stage"
+)
+
+// Where the agent keeps things; /run moves into the real root at
+// switch_root.
+const (
+	timingFile = "/run/pbn/timing"
+	espMount   = "/run/pbn/esp"
+	newRoot    = "/newroot"
+)
+
+// agent is the boot flow's state, filled in step by step.
+type agent struct {
+	start   time.Time
+	con     *console.Console
+	log     *slog.Logger
+	cmdline *cmdline.Cmdline
+	timing  *stage.Timing
+	loader  *kmod.Loader
+
+	volume   cmdline.LUKS // the LUKS volume to open
+	luksDev  *disk.Device // where it is
+	files    []*keyfile.KeyFile
+	opened   *keyfile.KeyFile
+	rootDev  *disk.Device
+	initPath string
+}
+
+func newAgent(start time.Time) *agent {
+	return &agent{
+		start:   start,
+		con:     console.New(os.Stdin, os.Stdout),
+		log:     slog.New(slog.DiscardHandler),
+		cmdline: &cmdline.Cmdline{PBN: cmdline.Options{OnFail: cmdline.FailHalt}},
+	}
+}
+
+// run is the boot flow. It returns only on failure: the last step
+// executes the real init.
+func (a *agent) run(ctx context.Context) error {
+	if err := a.setup(); err != nil {
+		return err
+	}
+	steps := []stage.Step{
+		{Name: "modules", Run: a.modules},
+		{Name: "network", Run: a.network},
+		{Name: "keyfiles", Run: a.keyFiles},
+		{Name: "unlock", Run: a.unlock},
+		{Name: "disk", Run: a.openDisk},
+		{Name: "root", Run: a.mountRoot},
+	}
+	if err := stage.Run(ctx, a.timing, steps); err != nil {
+		return err
+	}
+	a.say("switch_root to %s", a.initPath)
+	a.con.Close() // gives the terminal back its echo and line editing
+	return handoff.SwitchRoot(newRoot, a.initPath, append([]string{a.initPath}, initArgs()...))
+}
+
+// setup mounts the early file systems, opens the console and the log, and
+// reads the kernel command line.
+func (a *agent) setup() error {
+	mountErr := handoff.MountEarly()
+	if c, err := console.Open("/dev/console"); err == nil {
+		a.con = c
+	}
+	a.say("PBN agent starting")
+	if mountErr != nil {
+		return mountErr
+	}
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return fmt.Errorf("kernel command line: %w", err)
+	}
+	c, err := cmdline.Parse(strings.TrimSpace(string(b)))
+	if err != nil {
+		return err
+	}
+	a.cmdline = c
+	a.log = newLogger(c.PBN.Debug, a.con)
+	a.timing = stage.NewTiming(a.start, a.con, timingFile)
+	if err := a.timing.Stamp("mount", 0); err != nil {
+		a.log.Warn("timing file", "err", err)
+	}
+	return nil
+}
+
+// newLogger writes the structured log to /dev/kmsg, where dmesg and the
+// booted OS's journal find it, and to the console too with pbn.debug.
+func newLogger(debug bool, con io.Writer) *slog.Logger {
+	var w []io.Writer
+	if k, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		w = append(w, k)
+	}
+	level := slog.LevelInfo
+	if debug {
+		w = append(w, con)
+		level = slog.LevelDebug
+	}
+	if len(w) == 0 {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(io.MultiWriter(w...), &slog.HandlerOptions{Level: level}))
+}
+
+func (a *agent) say(format string, args ...any) {
+	a.con.Say("pbn: "+format, args...)
+}
+
+func (a *agent) modules(ctx context.Context) error {
+	dir, err := kmod.DefaultDir()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	x, err := kmod.Open(dir)
+	if err != nil {
+		return err
+	}
+	a.log.Debug("module index read", "dir", dir, "took", time.Since(start))
+	a.loader = kmod.NewLoader(x, a.log)
+	linkModprobe(a.log)
+	rep, err := a.loader.Coldplug(ctx, kmod.ColdplugOptions{})
+	if err != nil {
+		return err
+	}
+	a.log.Debug("coldplug", "rounds", rep.Rounds, "took", time.Since(start))
+	if rep.Err != nil {
+		a.log.Warn("some modules did not load", "err", rep.Err)
+	}
+	a.say("modules: %d for the hardware (%s)", len(rep.Modules), strings.Join(rep.Modules, " "))
+	return nil
+}
+
+// linkModprobe makes the agent the initramfs's /sbin/modprobe, which the
+// kernel runs to load file systems and ciphers on demand. The link goes to
+// the path the agent was run by, which in u-root's busybox is its own link
+// to the busybox binary, so that the busybox runs the agent.
+func linkModprobe(log *slog.Logger) {
+	exe := os.Args[0]
+	if !filepath.IsAbs(exe) {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			log.Warn("no modprobe", "err", err)
+			return
+		}
+	}
+	if err := os.MkdirAll("/sbin", 0o755); err != nil {
+		log.Warn("no modprobe", "err", err)
+		return
+	}
+	if err := os.Symlink(exe, "/sbin/modprobe"); err != nil && !errors.Is(err, os.ErrExist) {
+		log.Warn("no modprobe", "err", err)
+	}
+}
+
+// network brings up the network. A network that does not come up is not
+// an error: the password unlock needs none.
+// TODO: the network could come up while the ESP is read and the password
+// typed; it runs first so that its console lines come before the prompt
+// and the AD and key server unlockers of the two-stage issue find it up.
+func (a *agent) network(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.NetTimeout)
+	defer cancel()
+	start := time.Now()
+	stop := a.progress("network: waiting for an address")
+	res, err := netup.Up(ctx, netup.Config{IP: a.cmdline.IP, Nameservers: a.cmdline.Nameservers, Log: a.log})
+	stop()
+	took := time.Since(start).Milliseconds()
+	switch {
+	case err != nil:
+		a.log.Warn("network", "err", err)
+		a.say("network: %s (%d ms)", netup.Sentence(err), took)
+	case res == nil:
+		a.say("network: off")
+	default:
+		a.say("network: %s (%d ms)", res, took)
+	}
+	return nil
+}
+
+// progress says msg every second until stop is called.
+func (a *agent) progress(msg string) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for n := 1; ; n++ {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				a.say("%s (%d s)...", msg, n)
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+func (a *agent) keyFiles(ctx context.Context) error {
+	for _, m := range []string{"fs-vfat", "nls-cp437", "nls-iso8859-1", "nls-ascii"} {
+		a.loadModule(m)
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
+	defer cancel()
+	esp, err := a.findESP(ctx)
+	if err != nil {
+		return err
+	}
+	if err := disk.MountESP(esp, espMount); err != nil {
+		return err
+	}
+	files, damaged, err := disk.KeyFiles(espMount)
+	if uerr := unix.Unmount(espMount, 0); uerr != nil {
+		a.log.Warn("unmount esp", "err", uerr)
+	}
+	for _, d := range damaged {
+		a.log.Warn("key file skipped", "err", d)
+	}
+	if err != nil {
+		return err
+	}
+	a.files = files
+	a.say("keyfiles: %d on %s", len(files), esp.Path)
+	return nil
+}
+
+// findESP finds the LUKS volume, then the ESP on the same disk: a USB
+// stick's ESP must not stand in for the laptop's own. Only when the volume
+// is not a partition does any ESP do.
+func (a *agent) findESP(ctx context.Context) (*disk.Device, error) {
+	v, err := a.volumeSpec()
+	if err != nil {
+		return nil, err
+	}
+	luks, err := disk.Wait(ctx, disk.Sysfs{}, "UUID="+v.UUID, func(d *disk.Device) bool {
+		return d.Super.Type == disk.TypeLUKS && d.Super.UUID == v.UUID
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.volume, a.luksDev = v, luks
+	return disk.Wait(ctx, disk.Sysfs{}, "the EFI system partition", func(d *disk.Device) bool {
+		return d.IsESP() && (luks.Disk == "" || d.Disk == luks.Disk)
+	})
+}
+
+// loadModule loads a module that a later step needs; the kernel may have
+// it built in, or the image may lack it, which the step then reports.
+func (a *agent) loadModule(name string) {
+	if err := a.loader.Load(name); err != nil {
+		a.log.Debug("module", "name", name, "err", err)
+	}
+}
+
+// unlockers are tried in order.
+// TODO: the TPM, AD and network unlockers of the two-stage model go here,
+// before the password; until then every boot asks for the password.
+func (a *agent) unlockers() []disk.Unlocker {
+	return []disk.Unlocker{
+		&disk.PasswordUnlocker{Console: a.con, Tries: a.cmdline.PBN.Tries, Typed: a.timing.Exclude},
+	}
+}
+
+func (a *agent) unlock(ctx context.Context) error {
+	f, err := disk.Unlock(ctx, a.unlockers(), a.files)
+	if err != nil {
+		return err
+	}
+	a.opened = f
+	for _, other := range a.files {
+		if other != f {
+			other.Close()
+		}
+	}
+	a.say("unlock: key file of %s opened", describe(f))
+	return nil
+}
+
+func describe(f *keyfile.KeyFile) string {
+	h := f.Header()
+	if h.UPN != "" {
+		return h.UPN
+	}
+	return h.Kind.String() + " " + h.ID.String()
+}
+
+// volumeSpec returns the LUKS volume to open: the first rd.luks=, or the
+// root device itself when root= names it by UUID.
+func (a *agent) volumeSpec() (cmdline.LUKS, error) {
+	if len(a.cmdline.LUKS) > 0 {
+		// TODO: open every rd.luks volume; a second data volume needs its
+		// own keyslot for the same FDE secret.
+		return a.cmdline.LUKS[0], nil
+	}
+	if a.cmdline.Root.Kind == cmdline.DeviceUUID {
+		return cmdline.LUKS{UUID: a.cmdline.Root.Value, Name: "luks-" + a.cmdline.Root.Value}, nil
+	}
+	return cmdline.LUKS{}, errNoVolume
+}
+
+var errNoVolume = errors.New("the kernel command line names no LUKS volume (rd.luks.uuid= or rd.luks.name=)")
+
+func (a *agent) openDisk(ctx context.Context) error {
+	defer a.opened.Close() // wipes the FDE secret
+	v, dev := a.volume, a.luksDev
+	// LUKS2's default cipher, aes-xts-plain64, loaded here rather than by
+	// the kernel's requests, each of which runs the agent anew as
+	// modprobe; other ciphers still load that way.
+	for _, m := range []string{"dm-crypt", "crypto-xts", "crypto-aes"} {
+		a.loadModule(m)
+	}
+	cs, err := disk.Cryptsetup()
+	if err != nil {
+		return err
+	}
+	if err := disk.OpenLUKS(ctx, cs, dev.Path, v.Name, a.opened.Keyring().FDE); err != nil {
+		return err
+	}
+	a.say("disk: %s opened as %s", dev.Path, disk.Mapper(v.Name))
+	if a.cmdline.Root.Kind == "" || a.cmdline.Root == (cmdline.Device{Kind: cmdline.DeviceUUID, Value: v.UUID}) {
+		a.cmdline.Root = cmdline.Device{Kind: cmdline.DevicePath, Value: disk.Mapper(v.Name)}
+	}
+	return nil
+}
+
+func (a *agent) mountRoot(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
+	defer cancel()
+	spec := a.cmdline.Root
+	dev, err := disk.Wait(ctx, disk.Sysfs{}, spec.String(), func(d *disk.Device) bool { return d.Matches(spec) })
+	if err != nil {
+		return err
+	}
+	fstype := a.cmdline.RootFSType
+	if fstype == "" {
+		fstype = dev.Super.Type
+	}
+	if fstype != "" {
+		a.loadModule("fs-" + fstype)
+	}
+	if err := disk.MountRoot(dev, newRoot, fstype, a.cmdline.RootFlags, a.cmdline.ReadWrite); err != nil {
+		return err
+	}
+	init, err := handoff.FindInit(newRoot, a.cmdline.Init)
+	if err != nil {
+		return err
+	}
+	a.initPath = init
+	a.say("root: %s mounted on %s", spec, newRoot)
+	return nil
+}
+
+// initArgs are the kernel's arguments for init, those after "--".
+func initArgs() []string {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return nil
+	}
+	_, rest, ok := strings.Cut(strings.TrimSpace(string(b)), " -- ")
+	if !ok {
+		return nil
+	}
+	return strings.Fields(rest)
+}

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/cmdline"
+	"github.com/pbn-project/pbn/pbn/console"
+	"github.com/pbn-project/pbn/pbn/disk"
+	"github.com/pbn-project/pbn/pbn/stage"
+)
+
+func TestSentence(t *testing.T) {
+	_, cmdErr := cmdline.Parse("pbn.onfail=shell")
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{&stage.StepError{Step: "unlock", Err: fmt.Errorf("unlock with password: %w", console.ErrTooManyTries)},
+			"Too many wrong passwords"},
+		{&stage.StepError{Step: "keyfiles", Err: errors.Join(disk.ErrNoKeyFiles, keyfile.ErrDamaged)},
+			"damaged"},
+		{&stage.StepError{Step: "keyfiles", Err: &disk.NotFoundError{What: "the EFI system partition"}},
+			"The disk could not be found (the EFI system partition)"},
+		{cmdErr, `The boot parameter "pbn.onfail=shell" is not valid`},
+		{&stage.StepError{Step: "disk", Err: fmt.Errorf("open /dev/vda2: %w", disk.ErrWrongKey)},
+			"does not open this computer's disk"},
+		{errors.New("mount proc on /proc: operation not permitted"), "The computer could not start."},
+	}
+	for _, tt := range tests {
+		got := sentence(tt.err)
+		if !strings.Contains(got, tt.want) || !strings.HasSuffix(got, ".") {
+			t.Errorf("sentence(%v) = %q, want a sentence with %q", tt.err, got, tt.want)
+		}
+		if strings.Contains(got, "operation not permitted") || strings.Contains(got, "/dev/") {
+			t.Errorf("sentence(%v) = %q shows the error's details", tt.err, got)
+		}
+	}
+}

@@ -1,0 +1,207 @@
+// Package console is the pre-boot console: plain lines for the person at
+// the machine, and a masked password prompt with a limit of tries. It works
+// on /dev/console, a serial line in the lab, and on any terminal.
+package console
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pbn-project/pbn/pbn/secret"
+)
+
+// MaxPassword is the longest password the prompt takes, in bytes; what is
+// typed beyond it is dropped.
+const MaxPassword = 1024
+
+// The errors that [Console.Ask] returns.
+var (
+	// ErrWrong is what an Ask check wraps to say "wrong, ask again".
+	ErrWrong = errors.New("wrong password")
+	// ErrTooManyTries says the limit of tries was reached.
+	ErrTooManyTries = errors.New("too many wrong passwords")
+	// ErrClosed says the console's input ended.
+	ErrClosed = errors.New("console input closed")
+)
+
+// Console writes lines to a person and reads passwords from them. Its
+// methods are safe for concurrent use; Say from another goroutine waits
+// while a password is being typed.
+type Console struct {
+	mu     sync.Mutex
+	in     io.Reader
+	out    io.Writer
+	fd     int           // the terminal's descriptor, or -1 for plain input
+	saved  *unix.Termios // the terminal's settings before New
+	lastCR bool          // the last password ended with '\r': a '\n' may follow
+}
+
+// New returns a Console on in and out. When in is a terminal (an *os.File
+// on a tty), New turns its echo, line editing and signal keys off for as
+// long as the Console is open, so that nothing typed ahead of a prompt
+// shows and Ctrl-C sends no signal; Close restores them.
+func New(in io.Reader, out io.Writer) *Console {
+	c := &Console{in: in, out: out, fd: -1}
+	f, ok := in.(*os.File)
+	if !ok {
+		return c
+	}
+	fd := int(f.Fd())
+	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return c // not a terminal
+	}
+	saved := *t
+	t.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+	t.Iflag &^= unix.ICRNL | unix.INLCR | unix.IGNCR | unix.IXON
+	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
+	if unix.IoctlSetTermios(fd, unix.TCSETS, t) == nil {
+		c.fd, c.saved = fd, &saved
+	}
+	return c
+}
+
+// Open opens a console device such as /dev/console for reading and
+// writing, without making it the controlling terminal.
+func Open(path string) (*Console, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("console: %w", err)
+	}
+	return New(f, f), nil
+}
+
+// Close restores the terminal's settings and waits until all output has
+// reached it (tcdrain), so that a last message is not lost to a reboot.
+func (c *Console) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd < 0 {
+		return nil
+	}
+	unix.IoctlSetInt(c.fd, unix.TCSBRK, 1) // tcdrain
+	return unix.IoctlSetTermios(c.fd, unix.TCSETS, c.saved)
+}
+
+// Drain waits until all output has reached the terminal (tcdrain).
+func (c *Console) Drain() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd >= 0 {
+		unix.IoctlSetInt(c.fd, unix.TCSBRK, 1)
+	}
+}
+
+// Say prints one line.
+func (c *Console) Say(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fmt.Fprintf(c.out, format+"\n", args...)
+}
+
+// Write writes p as it is, for loggers that share the console.
+func (c *Console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.out.Write(p)
+}
+
+// Password shows prompt and reads a password, echoing a '*' per character
+// typed. Backspace removes the last character; Ctrl-U or Ctrl-C clears the
+// line; Enter ends it. It returns ErrClosed when the input ends, and the
+// time the person took (to leave out of the boot time).
+func (c *Console) Password(prompt string) (secret.Bytes, time.Duration, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	fmt.Fprint(c.out, prompt)
+	start := time.Now()
+	pw, err := c.readMasked()
+	took := time.Since(start)
+	fmt.Fprint(c.out, "\n")
+	return pw, took, err
+}
+
+func (c *Console) readMasked() (secret.Bytes, error) {
+	pw := make(secret.Bytes, 0, MaxPassword)
+	// One byte at a time, into a buffer wiped after each: a buffered
+	// reader would keep what was typed in a buffer of its own.
+	var buf [1]byte
+	defer clear(buf[:])
+	first := true
+	for {
+		if _, err := io.ReadFull(c.in, buf[:]); err != nil {
+			pw.Wipe()
+			return nil, ErrClosed
+		}
+		b := buf[0]
+		skipLF := first && b == '\n' && c.lastCR
+		first = false
+		switch {
+		case skipLF:
+		case b == '\r' || b == '\n':
+			c.lastCR = b == '\r'
+			return pw, nil
+		case b == 0x7f || b == '\b':
+			pw = c.erase(pw, 1)
+		case b == 0x15 || b == 0x03: // Ctrl-U, Ctrl-C
+			pw = c.erase(pw, len(pw))
+		case b < 0x20:
+			// Other control bytes are not part of a password.
+		case len(pw) < MaxPassword:
+			pw = append(pw, b)
+			if !utf8.RuneStart(b) {
+				continue // one '*' per character, not per byte
+			}
+			fmt.Fprint(c.out, "*")
+		}
+	}
+}
+
+// erase removes n characters (runes) from the end of pw and their '*'.
+func (c *Console) erase(pw secret.Bytes, n int) secret.Bytes {
+	for ; n > 0 && len(pw) > 0; n-- {
+		_, size := utf8.DecodeLastRune(pw)
+		clear(pw[len(pw)-size:])
+		pw = pw[:len(pw)-size]
+		fmt.Fprint(c.out, "\b \b")
+	}
+	return pw
+}
+
+// Ask prompts for a password up to tries times and gives each to check,
+// wiping it afterwards. A check that returns an error wrapping ErrWrong
+// has the person try again; wrong says what to tell them (a plain
+// sentence). Any other error ends Ask with it. An empty entry is asked
+// again without counting. After tries wrong ones, Ask returns
+// ErrTooManyTries. took is the time spent typing.
+func (c *Console) Ask(prompt, wrong string, tries int, check func(secret.Bytes) error) (took time.Duration, err error) {
+	maxReads := 10 * tries // empty entries do not count, but do not loop for ever
+	for wrongs, reads := 0, 0; wrongs < tries && reads < maxReads; reads++ {
+		pw, d, err := c.Password(prompt)
+		took += d
+		if err != nil {
+			return took, err
+		}
+		if len(pw) == 0 {
+			continue
+		}
+		err = check(pw)
+		pw.Wipe()
+		if !errors.Is(err, ErrWrong) {
+			return took, err
+		}
+		wrongs++
+		if wrongs < tries {
+			c.Say("%s", wrong)
+		}
+	}
+	return took, ErrTooManyTries
+}

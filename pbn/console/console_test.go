@@ -1,0 +1,176 @@
+package console
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pbn-project/pbn/pbn/secret"
+)
+
+// openPTY returns the two ends of a new pseudo-terminal.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals: %v", err)
+	}
+	master = os.NewFile(uintptr(fd), "/dev/ptmx")
+	t.Cleanup(func() { master.Close() })
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(fd, unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slave, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { slave.Close() })
+	return master, slave
+}
+
+// screen collects what the console shows on the terminal's master side.
+type screen struct {
+	buf  bytes.Buffer
+	done chan struct{}
+}
+
+func watch(master *os.File) *screen {
+	s := &screen{done: make(chan struct{})}
+	go func() {
+		io.Copy(&s.buf, master) // ends when the master is closed
+		close(s.done)
+	}()
+	return s
+}
+
+func TestPasswordOverPTY(t *testing.T) {
+	tests := []struct {
+		name, typed string
+		want        string
+		stars       int
+	}{
+		{"plain", "hunter2\r", "hunter2", 7},
+		{"backspace", "huntex\x7fr2\r", "hunter2", 8},
+		{"ctrl-u clears", "wrong\x15right\n", "right", 10},
+		{"utf-8 one star per character", "pässwörd\r", "pässwörd", 8},
+		{"backspace over utf-8", "pä\x7fx\r", "px", 3},
+		{"control bytes dropped", "a\x01b\x1bc\r", "abc", 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			master, slave := openPTY(t)
+			c := New(slave, slave)
+			scr := watch(master)
+			if _, err := master.Write([]byte(tt.typed)); err != nil {
+				t.Fatal(err)
+			}
+			pw, _, err := c.Password("Enter password for alice: ")
+			if err != nil {
+				t.Fatalf("Password() = %v", err)
+			}
+			if string(pw) != tt.want {
+				t.Errorf("Password() = %q, want %q", pw, tt.want)
+			}
+			c.Close()
+			slave.Close()
+			<-scr.done // the master reads EIO once the slave is closed and drained
+			shown := scr.buf.String()
+			// What this does not prove: that no copy of the password stays
+			// in memory; only that the terminal never shows it.
+			if strings.Contains(shown, tt.want) {
+				t.Errorf("the terminal shows the password: %q", shown)
+			}
+			if got := strings.Count(shown, "*"); got != tt.stars {
+				t.Errorf("the terminal shows %d stars, want %d: %q", got, tt.stars, shown)
+			}
+			if !strings.HasPrefix(shown, "Enter password for alice: ") {
+				t.Errorf("the terminal shows %q, want the prompt first", shown)
+			}
+		})
+	}
+}
+
+func TestAsk(t *testing.T) {
+	right := secret.Bytes("correct horse")
+	tests := []struct {
+		name     string
+		typed    string
+		tries    int
+		wantErr  error
+		wantSeen int // passwords given to check
+	}{
+		{"right first", "correct horse\r", 3, nil, 1},
+		{"right third", "a\rb\r\ncorrect horse\r\n", 3, nil, 3},
+		{"limit holds", "a\rb\rc\rcorrect horse\r", 3, ErrTooManyTries, 3},
+		{"empty entries do not count", "\r\r\rcorrect horse\r", 1, nil, 1},
+		{"input ends", "a\r", 3, ErrClosed, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			c := New(strings.NewReader(tt.typed), &out)
+			seen := 0
+			_, err := c.Ask("Password: ", "That password is not correct.", tt.tries, func(pw secret.Bytes) error {
+				seen++
+				if pw.Equal(right) {
+					return nil
+				}
+				return fmt.Errorf("key file: %w", ErrWrong)
+			})
+			if !errors.Is(err, tt.wantErr) {
+				t.Errorf("Ask() = %v, want %v", err, tt.wantErr)
+			}
+			if seen != tt.wantSeen {
+				t.Errorf("Ask() checked %d passwords, want %d", seen, tt.wantSeen)
+			}
+			if wrongs := strings.Count(out.String(), "That password is not correct."); tt.wantErr == ErrTooManyTries &&
+				wrongs != tt.tries-1 {
+				t.Errorf("Ask() said the password was wrong %d times, want %d", wrongs, tt.tries-1)
+			}
+		})
+	}
+}
+
+func TestAskStopsOnOtherErrors(t *testing.T) {
+	errDamaged := errors.New("damaged")
+	c := New(strings.NewReader("x\rx\r"), io.Discard)
+	seen := 0
+	_, err := c.Ask("Password: ", "wrong", 3, func(secret.Bytes) error { seen++; return errDamaged })
+	if !errors.Is(err, errDamaged) || seen != 1 {
+		t.Errorf("Ask() = %v after %d checks, want damaged after 1", err, seen)
+	}
+}
+
+func TestSayWaitsForPassword(t *testing.T) {
+	master, slave := openPTY(t)
+	c := New(slave, slave)
+	scr := watch(master)
+	done := make(chan struct{})
+	go func() {
+		c.Password("pw: ")
+		close(done)
+	}()
+	time.Sleep(20 * time.Millisecond) // let the prompt take the console
+	said := make(chan struct{})
+	go func() { c.Say("pbn: progress"); close(said) }()
+	master.Write([]byte("abc\r"))
+	<-done
+	<-said
+	c.Close()
+	slave.Close()
+	<-scr.done
+	if got := scr.buf.String(); !strings.HasPrefix(got, "pw: ***") {
+		t.Errorf("the terminal shows %q, want the prompt and its stars before the progress line", got)
+	}
+}

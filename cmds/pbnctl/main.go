@@ -44,6 +44,10 @@ var commands = []command{
 	{"ad", "Active Directory checks: ad login", runAD},
 	{"tpm", "look at the TPM, check a key file against it, reseal a key file to it", runTPM},
 	{"tang", "make, rotate, retire and show a Tang key directory", runTang},
+	{"device", "the key server's devices: list, show, mark lost, retire", runDevice},
+	{"recovery", "read a device's escrowed recovery key, with the reason recorded", runRecovery},
+	{"audit", "the key server's audit trail: tail, export as JSON lines", runAudit},
+	{"policy", "device group policies: show, set", runPolicy},
 }
 
 // Exit codes shared by every command; each command documents its own above

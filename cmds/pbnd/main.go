@@ -16,6 +16,9 @@
 //	admin.json   the first administrator's credentials, for pbnctl --admin
 //	pbnd.db      the SQLite database, unless --db names a PostgreSQL one
 //
+// Claims are checked against Active Directory (--ad-domain, --ad-ca,
+// --ad-dc, --ad-owner-groups); without --ad-domain every claim is refused.
+//
 // Several pbnd processes serve one fleet from one PostgreSQL database
 // (--db postgres://...) when they share the master key, tls.key and the
 // Tang keys. SIGHUP reloads the Tang keys after a rotation; SIGINT or

@@ -87,10 +87,14 @@ func (s *Server) login(ctx context.Context, account string, password secret.Byte
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.LoginTimeout)
 	defer cancel()
 	id, err := s.cfg.Directory.Login(ctx, account, password)
+	// TODO: tell the device why the directory refused (disabled, locked,
+	// password expired; ad.Reason), so that the prompt can say more than
+	// that the sign-in was refused; the agent's own LDAP check says it
+	// before the claim today.
 	if err != nil {
 		s.log.Info("claim: directory refused the account", "account", account, "err", err)
-		if ctx.Err() != nil {
-			return nil, refuse(codeUnavailable, "the directory did not answer in time")
+		if ctx.Err() != nil || errors.Is(err, ErrUnavailable) {
+			return nil, refuse(codeUnavailable, "the directory did not answer")
 		}
 		return nil, refuse(codeLoginRefused, "the directory refused the sign-in")
 	}

@@ -13,12 +13,9 @@ import (
 
 // directory is a table of accounts that satisfies Directory.
 //
-// It stands in for pbn/ad, whose Samba AD DC harness is on another branch:
-// these tests prove the server's policy, ownership, escrow and audit around
-// a Login, not how a real directory answers.
-// TODO: run the claim tests against the Samba AD DC of internal/samba once
-// branch ad is merged; until then nothing here proves that pbn/ad's Login
-// fits this interface in practice.
+// It stands in for Active Directory in the tests of the server's policy,
+// ownership, escrow and audit around a Login, so that they need no domain
+// controller; TestClaimAgainstAD runs claims against a real Samba AD DC.
 type directory map[string]struct {
 	password string
 	id       Identity

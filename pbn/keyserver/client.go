@@ -37,6 +37,12 @@ type Client struct {
 // The client proves itself with key: a device's signing key (on a device,
 // the TPM helper's (*tpm.TPM).DeviceKey) or an administrator's.
 func NewClient(serverURL string, pin []byte, key crypto.Signer) (*Client, error) {
+	return newClient(serverURL, pin, key, nil)
+}
+
+// newClient is NewClient with the TLS key exchanges to offer; nil offers
+// crypto/tls's defaults, post-quantum hybrids first.
+func newClient(serverURL string, pin []byte, key crypto.Signer, curves []tls.CurveID) (*Client, error) {
 	u, err := url.Parse(serverURL)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("keyserver: server URL %q: want https://host[:port]", serverURL)
@@ -50,7 +56,8 @@ func NewClient(serverURL string, pin []byte, key crypto.Signer) (*Client, error)
 	}
 	pin = bytes.Clone(pin)
 	cfg := &tls.Config{
-		MinVersion: tls.VersionTLS13,
+		MinVersion:       tls.VersionTLS13,
+		CurvePreferences: curves,
 		// Neither the chain, nor the name, nor the validity period is
 		// checked: the pinned key replaces them, because the pre-boot
 		// clock cannot be trusted. crypto/tls still verifies the
@@ -105,8 +112,11 @@ func (c *Client) send(ctx context.Context, method, target string, req any) (*htt
 		hr.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(hr)
-	if err != nil {
+	if errors.Is(err, ErrServerNotPinned) {
 		return nil, fmt.Errorf("keyserver: %s: %w", path, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keyserver: %s: %w: %w", path, ErrUnreachable, err)
 	}
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil

@@ -36,6 +36,9 @@ var (
 	// ErrUnavailable: the server cannot reach what it needs (the
 	// directory, its database); try again later (any method).
 	ErrUnavailable = errors.New("the key server is unavailable")
+	// ErrUnreachable: the server could not be reached or did not answer
+	// in time (any method).
+	ErrUnreachable = errors.New("the key server cannot be reached")
 	// ErrServerNotPinned: the server's TLS key is not the pinned one
 	// (any method). Nothing was sent.
 	ErrServerNotPinned = errors.New("the key server's key is not the one pinned in the key file")

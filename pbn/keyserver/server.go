@@ -8,6 +8,18 @@
 // (keyfile.Server.PublicKey), and the server knows a device or an
 // administrator by the key of its TLS client certificate. The wire format
 // is versioned JSON, parsed strictly (wire_v1.go).
+//
+// # Endpoints
+//
+// Anyone: GET /healthz; GET /v1/exchange-key?curve=P-256 (the key new
+// bindings use). A device (its key enrolled, the device active):
+// POST /v1/unlock (PBN-mode network unlock), POST /v1/claim (the secure
+// moment), POST /v1/revoke (one of its own bindings). An administrator:
+// POST /v1/enroll, GET /v1/admin/devices, GET /v1/admin/devices/{id},
+// POST /v1/admin/devices/{id}/state, POST /v1/admin/revoke,
+// POST /v1/admin/recovery, GET /v1/admin/audit (JSON lines),
+// GET and PUT /v1/admin/policy/{group}. Every change, unlock, claim and
+// recovery read is in the audit trail before the answer leaves.
 package keyserver
 
 import (
@@ -188,6 +200,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	// TODO: cap the number of open connections: each stalled client is
+	// cut off after the timeouts, but a flood of them still holds file
+	// descriptors and memory until then.
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(tls.NewListener(ln, srv.TLSConfig)) }()
 

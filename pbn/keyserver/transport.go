@@ -3,6 +3,7 @@ package keyserver
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
@@ -20,7 +21,8 @@ import (
 //
 // Besides the key server's refusals (ErrDeviceLost, ErrDeviceRetired,
 // ErrBindingRevoked), its errors match tang.ErrUntrusted when the server
-// is not the pinned one and tang.ErrUnreachable when it cannot be reached.
+// is not the pinned one and tang.ErrUnreachable when it cannot be reached
+// or is unavailable.
 type Transport struct {
 	// Key is the device's signing key: on a device, the TPM helper's
 	// (*tpm.TPM).DeviceKey.
@@ -30,6 +32,14 @@ type Transport struct {
 	clients map[string]*Client
 }
 
+// unlockCurves are the TLS key exchanges of unlocks: X25519 alone, without
+// the post-quantum hybrid that crypto/tls offers first. What an unlock
+// carries needs no confidentiality (plain Tang sends the same points in
+// the clear; they are blinded), only the authentication of both sides, so
+// the hybrid's cost buys nothing here. Claims, which carry passwords and
+// keys, keep the defaults.
+var unlockCurves = []tls.CurveID{tls.X25519}
+
 // client returns the client of srv, made on first use.
 func (t *Transport) client(srv keyfile.Server) (*Client, error) {
 	t.mu.Lock()
@@ -38,7 +48,7 @@ func (t *Transport) client(srv keyfile.Server) (*Client, error) {
 	if c, ok := t.clients[id]; ok {
 		return c, nil
 	}
-	c, err := NewClient(srv.URL, srv.PublicKey, t.Key)
+	c, err := newClient(srv.URL, srv.PublicKey, t.Key, unlockCurves)
 	if err != nil {
 		return nil, err
 	}
@@ -74,12 +84,11 @@ func (t *Transport) Exchange(ctx context.Context, h *keyfile.Header, srv keyfile
 
 // transportError adds tang's sentinels to the client's errors.
 func transportError(err error) error {
-	var refused *Error
 	switch {
-	case err == nil, errors.As(err, &refused):
-		return err
 	case errors.Is(err, ErrServerNotPinned):
 		return fmt.Errorf("%w: %w", tang.ErrUntrusted, err)
+	case errors.Is(err, ErrUnreachable), errors.Is(err, ErrUnavailable):
+		return fmt.Errorf("%w: %w", tang.ErrUnreachable, err)
 	}
-	return fmt.Errorf("%w: %w", tang.ErrUnreachable, err)
+	return err
 }

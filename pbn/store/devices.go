@@ -58,8 +58,10 @@ func KeyHash(spki []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
-// PutDevice enrolls d, or enrolls it again with new keys: the device
-// becomes active and every binding it had is revoked. It returns
+// PutDevice enrolls d, or enrolls it again with new keys (re-imaging): the
+// device becomes active, every binding it had is revoked and its users are
+// forgotten, so that the next claim makes a new primary user. Escrowed
+// recovery keys stay. It returns
 // ErrDeviceLost for a device marked lost.
 func (s *Store) PutDevice(ctx context.Context, d Device) error {
 	now := stamp(s.now())
@@ -97,6 +99,10 @@ func (s *Store) reenroll(ctx context.Context, tx *sql.Tx, d Device, now int64) e
 	}
 	_, err = tx.ExecContext(ctx, `UPDATE bindings SET state = $2, revoked = $3
 		WHERE device_id = $1 AND state = $4`, d.ID.String(), BindingRevoked, now, BindingActive)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `DELETE FROM owners WHERE device_id = $1`, d.ID.String())
 	return err
 }
 

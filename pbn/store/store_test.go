@@ -149,9 +149,13 @@ func testBindings(t *testing.T, dsn string) {
 		t.Errorf("RevokeBinding(unknown) = %v, want ErrNotFound", err)
 	}
 
-	// Enrolling the device again (re-imaging) revokes what it had.
+	// Enrolling the device again (re-imaging) revokes what it had and
+	// forgets its users.
 	kf2 := keyfile.NewID()
 	if err := s.AddBinding(ctx, kf2, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.AddOwner(ctx, Owner{DeviceID: d.ID, UPN: "a@x", SID: "S-1-5-21-1"}, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.PutDevice(ctx, d); err != nil {
@@ -159,6 +163,9 @@ func testBindings(t *testing.T, dsn string) {
 	}
 	if b, _ := s.Binding(ctx, kf2); b.State != BindingRevoked {
 		t.Errorf("binding after enrolling again: %s, want revoked", b.State)
+	}
+	if owners, _ := s.Owners(ctx, d.ID); len(owners) != 0 {
+		t.Errorf("owners after enrolling again: %+v, want none", owners)
 	}
 }
 

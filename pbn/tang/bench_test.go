@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pbn-project/pbn/internal/tangdtest"
 )
 
 // Load of the exchange benchmark: concurrent clients, and exchanges per
@@ -31,7 +33,7 @@ const (
 // latency of each; tangd's are the baseline.
 func BenchmarkTangExchangeP521(b *testing.B) {
 	dir, pin := tangdKeys(b)
-	tangdURL := startTangd(b, dir)
+	tangdURL := tangdtest.Start(b, dir)
 	_, srv := serve(b, mustLoad(b, dir))
 
 	pbn, tangd := newLoad(b, srv.URL, pin), newLoad(b, tangdURL, pin)

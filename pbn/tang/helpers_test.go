@@ -5,13 +5,11 @@ import (
 	"net"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/pbn-project/pbn/internal/testenv"
+	"github.com/pbn-project/pbn/internal/tangdtest"
 	"github.com/pbn-project/pbn/keyfile"
 )
 
@@ -61,11 +59,7 @@ func thumbprintOfPin(t testing.TB, pin []byte) string {
 // it with the pin of its signing key.
 func tangdKeys(t testing.TB) (dir string, pin []byte) {
 	t.Helper()
-	keygen := testenv.Command(t, "/usr/libexec/tangd-keygen")
-	dir = t.TempDir()
-	if out, err := exec.Command(keygen, dir).CombinedOutput(); err != nil {
-		t.Fatalf("tangd-keygen: %v\n%s", err, out)
-	}
+	dir = tangdtest.Keys(t)
 	return dir, tangdPin(t, dir)
 }
 
@@ -90,40 +84,6 @@ func tangdPin(t testing.TB, dir string) []byte {
 	return nil
 }
 
-// startTangd runs Debian's tangd on dir as Debian does, one process per
-// connection (systemd socket activation there, socat's fork here), on a
-// loopback port, and returns its URL. The processes are killed when the
-// test ends. A port taken between freePort and socat's bind (other tests
-// run beside these) is retried on another.
-func startTangd(t testing.TB, dir string) string {
-	t.Helper()
-	tangd := testenv.Command(t, "/usr/libexec/tangd")
-	socat := testenv.Command(t, "socat")
-	for range 3 {
-		addr := freePort(t)
-		_, port, _ := net.SplitHostPort(addr)
-		cmd := exec.Command(socat,
-			"TCP-LISTEN:"+port+",bind=127.0.0.1,fork,reuseaddr,backlog=512",
-			"EXEC:"+tangd+" "+dir)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		t.Cleanup(func() {
-			// socat and the tangd processes it forked share its group.
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		})
-		if waitListening(t, addr, exited) {
-			return "http://" + addr
-		}
-	}
-	t.Fatal("socat could not listen for tangd on three ports")
-	return ""
-}
-
 // freePort returns a loopback address whose port was free a moment ago.
 func freePort(t testing.TB) string {
 	t.Helper()
@@ -133,25 +93,6 @@ func freePort(t testing.TB) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-// waitListening reports whether addr accepts connections within 5s,
-// giving up early when the listening process has exited.
-func waitListening(t testing.TB, addr string, exited <-chan struct{}) bool {
-	t.Helper()
-	for range 100 {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return true
-		}
-		select {
-		case <-exited:
-			return false
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	t.Fatalf("nothing listens on %s after 5s", addr)
-	return false
 }
 
 // testContext returns a context that ends with the test, within a minute.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/pbn-project/pbn/internal/tangdtest"
 	"github.com/pbn-project/pbn/internal/testenv"
 )
 
@@ -18,7 +19,7 @@ import (
 // and checks that retiring it ends the binding.
 func TestClientAgainstTangd(t *testing.T) {
 	dir, pin := tangdKeys(t)
-	url := startTangd(t, dir)
+	url := tangdtest.Start(t, dir)
 	h := header(url, pin)
 
 	params, want, err := Factor{}.Enroll(testContext(t), h)
@@ -66,7 +67,7 @@ func TestClientAgainstTangd(t *testing.T) {
 // against tangd itself.
 func TestHandlerReadsTangdKeys(t *testing.T) {
 	dir, pin := tangdKeys(t)
-	url := startTangd(t, dir)
+	url := tangdtest.Start(t, dir)
 	params, want, err := Factor{}.Enroll(testContext(t), header(url, pin))
 	if err != nil {
 		t.Fatal(err)

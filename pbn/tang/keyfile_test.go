@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/pbn-project/pbn/internal/tangdtest"
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/secret"
 )
@@ -15,7 +16,7 @@ import (
 // form, and does not open once tangd's keys are gone.
 func TestKeyFileProtector(t *testing.T) {
 	dir, pin := tangdKeys(t)
-	url := startTangd(t, dir)
+	url := tangdtest.Start(t, dir)
 	h := *header(url, pin)
 	fde := secret.Random(32)
 	f, err := keyfile.New(h, &keyfile.Keyring{FDE: fde.Clone()})

@@ -13,6 +13,7 @@ import (
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/keyserver"
 	"github.com/pbn-project/pbn/pbn/secret"
+	"github.com/pbn-project/pbn/pbn/store"
 	"github.com/pbn-project/pbn/pbn/tpm"
 )
 
@@ -224,7 +225,7 @@ func TestPowerCut(t *testing.T) {
 		t.Fatalf("Run = %v", err)
 	}
 	res.KeyFile.Close()
-	for n := 0; n < dry.esp.Ops; n++ {
+	for n := 0; n < dry.esp.Ops-1; n++ { // a cut after the last operation is no cut
 		cuts = append(cuts, cut{name: "after " + dry.esp.Trace[n], fsOp: n + 1, kills: n+1 > killedAt})
 	}
 
@@ -255,5 +256,57 @@ func TestPowerCut(t *testing.T) {
 			defer res.KeyFile.Close()
 			again.checkFinished(t, res, provCopy)
 		})
+	}
+}
+
+// TestRefused checks that a claim the server refuses (the device was
+// reported lost) leaves the device as it was, and that the person is told
+// why. It does not prove what the agent does next (pbn/keyserver's tests
+// prove that a lost device's provisioning key file no longer opens).
+func TestRefused(t *testing.T) {
+	e := newEnv(t)
+	d := e.newDevice(t)
+	ctx := testContext(t)
+	before := d.esp.Ops
+	f, err := keyfile.Load(d.ESP, provPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.admin.SetDeviceState(ctx, f.Header().DeviceID, store.DeviceLost, "stolen"); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = d.Run(ctx, user, secret.Bytes(password))
+	if !isStep(err, StepClaim) || !errors.Is(err, keyserver.ErrDeviceLost) {
+		t.Fatalf("Run on a lost device = %v, want the claim refused with ErrDeviceLost", err)
+	}
+	if got, want := Sentence(err), keyserver.Sentence(keyserver.ErrDeviceLost); got != want {
+		t.Errorf("Sentence = %q, want %q", got, want)
+	}
+	if d.esp.Ops != before || d.keyslots(t) != 1 {
+		t.Errorf("a refused claim changed the device: %v, %d keyslots", d.esp.Trace[before:], d.keyslots(t))
+	}
+}
+
+func TestSentence(t *testing.T) {
+	tests := []struct {
+		err  error
+		want string
+	}{
+		{&StepError{Step: StepAuthenticate, Err: &ad.Error{Reason: ad.AccountLocked}},
+			(&ad.Error{Reason: ad.AccountLocked}).Sentence()},
+		{&StepError{Step: StepAuthenticate, Err: ErrNotProvisioned},
+			"This device is not prepared for a first sign-in. Contact the help desk."},
+		{&StepError{Step: StepMakeKeyFile, Err: tpm.ErrPCRMismatch}, tpm.Prompt(tpm.ErrPCRMismatch)},
+		{&StepError{Step: StepStore, Err: errors.New("disk full")},
+			"Your device could not be set up for you. It starts as before; try again, or contact the help desk."},
+		{&StepError{Step: StepKillProvisioning, Err: errors.New("cryptsetup failed")},
+			"Your device was set up for you, but the set-up did not finish. " +
+				"Sign in again at the next start to finish it."},
+	}
+	for _, tt := range tests {
+		if got := Sentence(tt.err); got != tt.want {
+			t.Errorf("Sentence(%v) = %q, want %q", tt.err, got, tt.want)
+		}
 	}
 }

@@ -152,16 +152,20 @@ func (f *FS) Durable() map[string][]byte { return f.durable }
 // Outcomes returns every state the medium may be in after the power cut:
 // for each file whose live and durable views differ, the durable view, the
 // live one, and the live one torn half way over the durable one or zeros.
+// The order is the same for the same operations on the same names.
 func (f *FS) Outcomes() []map[string][]byte {
-	names := map[string]bool{}
+	var names []string
 	for n := range f.live {
-		names[n] = true
+		names = append(names, n)
 	}
 	for n := range f.durable {
-		names[n] = true
+		if _, ok := f.live[n]; !ok {
+			names = append(names, n)
+		}
 	}
+	sort.Strings(names)
 	states := []map[string][]byte{{}}
-	for n := range names {
+	for _, n := range names {
 		var next []map[string][]byte
 		for _, s := range states {
 			for _, v := range f.variants(n) {

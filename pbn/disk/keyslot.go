@@ -66,6 +66,13 @@ func (k Keyslots) Add(ctx context.Context, existing, key secret.Bytes) (int, err
 }
 
 // Find returns the number of the keyslot that key opens.
+//
+// TODO: cryptsetup tries every keyslot in turn, so a volume formatted with
+// cryptsetup's default Argon2id keyslot costs its full derivation (a
+// second or more, and up to 1 GiB of memory) on each Find that misses it;
+// imaging should give the provisioning key file's random secret a PBKDF2
+// keyslot as Add does, or tag it so that Find can try only the slots
+// that matter.
 func (k Keyslots) Find(ctx context.Context, key secret.Bytes) (int, error) {
 	in, err := keyPipe(key)
 	if err != nil {
@@ -81,7 +88,8 @@ func (k Keyslots) Find(ctx context.Context, key secret.Bytes) (int, error) {
 }
 
 // Kill wipes keyslot slot. The key file whose slot it was no longer opens
-// the volume, and neither does any copy of it.
+// the volume, and neither does any copy of it. A token that tagged the
+// slot stays, without keyslots; Tags leaves it out.
 func (k Keyslots) Kill(ctx context.Context, slot int) error {
 	if _, err := k.run(ctx, nil, nil, "luksKillSlot", k.Dev, strconv.Itoa(slot)); err != nil {
 		return fmt.Errorf("kill keyslot %d of %s: %w", slot, k.Dev, err)

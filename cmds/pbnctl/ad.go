@@ -7,11 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
+	"time"
 
 	"github.com/pbn-project/pbn/pbn/ad"
 	"github.com/pbn-project/pbn/pbn/secret"
-	"golang.org/x/term"
 )
 
 // adCommands are pbnctl ad's subcommands.
@@ -49,31 +48,36 @@ var adExitCodes = []struct {
 	{ad.PinMismatch, 20},
 	{ad.BadAccount, 21},
 	{ad.EmptyPassword, 22},
+	{ad.PasswordRejected, 23},
 }
 
-// maxPassword bounds a password read from standard input.
-const maxPassword = 1024
+// adLoginFlags are pbnctl ad login's flags.
+type adLoginFlags struct {
+	dcs, owners, admins       multiFlag
+	caFile, domain, changeAs  string
+	ldaps, stdin              bool
+	connectTimeout, dcTimeout time.Duration
+}
 
-// repeated is a flag that may be given many times.
-type repeated []string
+func (f *adLoginFlags) register(fs *flag.FlagSet) {
+	fs.Var(&f.dcs, "dc", "domain controller `URL`, ldaps://host[:port] or ldap://host[:port] "+
+		"for StartTLS; repeat to fail over (default: DNS SRV of the domain)")
+	fs.StringVar(&f.caFile, "ca", "", "PEM `file` of the CA to pin (required)")
+	fs.StringVar(&f.domain, "domain", "", "the domain's DNS `name` (default: the account's UPN suffix)")
+	fs.BoolVar(&f.ldaps, "ldaps", false, "reach DCs found in DNS by LDAPS on port 636 instead of StartTLS")
+	fs.BoolVar(&f.stdin, "password-stdin", false,
+		"read the passwords from standard input, one a line, not the terminal")
+	fs.Var(&f.owners, "owner-group", "`group` (SID or name) whose members may own devices; repeatable")
+	fs.Var(&f.admins, "admin-group", "administrators' `group` (SID or name); repeatable")
+	fs.StringVar(&f.changeAs, "change-account", "", "when the password has expired or must change, "+
+		"set a new one as the prompt does, carried by this `account` "+
+		"(its password is read after the user's, the new one last)")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", ad.DefaultConnect, "most time to reach one DC")
+	fs.DurationVar(&f.dcTimeout, "dc-timeout", ad.DefaultDC, "most time spent on one DC")
+}
 
-func (r *repeated) String() string     { return strings.Join(*r, ",") }
-func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
-
-func adLogin(ctx context.Context, io stdio, args []string) error {
-	fs := flag.NewFlagSet("pbnctl ad login", flag.ContinueOnError)
-	fs.SetOutput(io.err)
-	var dcs, owners, admins repeated
-	fs.Var(&dcs, "dc", "domain controller `URL`, ldaps://host[:port] or ldap://host[:port] for StartTLS; repeat to fail over (default: DNS SRV of the domain)")
-	caFile := fs.String("ca", "", "PEM `file` of the CA to pin (required)")
-	domain := fs.String("domain", "", "the domain's DNS `name` (default: the account's UPN suffix)")
-	ldaps := fs.Bool("ldaps", false, "reach DCs found in DNS by LDAPS on port 636 instead of StartTLS")
-	stdin := fs.Bool("password-stdin", false, "read the password from the first line of standard input, not the terminal")
-	fs.Var(&owners, "owner-group", "`group` (SID or name) whose members may own devices; repeatable")
-	fs.Var(&admins, "admin-group", "administrators' `group` (SID or name); repeatable")
-	connect := fs.Duration("connect-timeout", ad.DefaultConnect, "most time to reach one DC")
-	perDC := fs.Duration("dc-timeout", ad.DefaultDC, "most time spent on one DC")
-	fs.Usage = func() {
+func adLoginUsage(io stdio, fs *flag.FlagSet) func() {
+	return func() {
 		fmt.Fprintln(io.err, "usage: pbnctl ad login --ca FILE [--dc URL]... [flags] ACCOUNT\n\n"+
 			"ACCOUNT is alice@corp.example.test, CORP\\alice or alice (with --domain).\n"+
 			"Prints the identity the pre-boot prompt would get, or why the login fails.\n\nflags:")
@@ -84,54 +88,111 @@ func adLogin(ctx context.Context, io stdio, args []string) error {
 		}
 		fmt.Fprintln(io.err, "  1  any other failure\n  2  bad flags or arguments")
 	}
+}
+
+func adLogin(ctx context.Context, io stdio, args []string) error {
+	var f adLoginFlags
+	fs := flag.NewFlagSet("pbnctl ad login", flag.ContinueOnError)
+	fs.SetOutput(io.err)
+	f.register(fs)
+	fs.Usage = adLoginUsage(io, fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
 		return withCode(exitUsage, err)
 	}
-	if fs.NArg() != 1 || *caFile == "" {
+	if fs.NArg() != 1 || f.caFile == "" {
 		fs.Usage()
 		return usageError("ad login: want --ca FILE and one ACCOUNT")
 	}
 	account := fs.Arg(0)
-	a, err := ad.ParseAccount(account)
+	cfg, err := f.config(account)
 	if err != nil {
-		fmt.Fprintln(io.out, ad.Sentence(err))
-		return withCode(adExitCode(err), err)
+		return adFailure(io, err)
 	}
-	if *domain == "" && a.Form != ad.Principal {
-		return usageError("ad login: give --domain for %q", account)
-	}
-	if *domain == "" {
-		*domain = a.Domain
-	}
-	ca, err := os.ReadFile(*caFile)
-	if err != nil {
-		return usageError("ad login: %v", err)
-	}
-	client, err := ad.New(ad.Config{
-		Domain: *domain, DCs: dcs, LDAPS: *ldaps, CA: ca,
-		OwnerGroups: owners, AdminGroups: admins,
-		Timeouts: ad.Timeouts{Connect: *connect, DC: *perDC},
-		Logger:   io.log,
-	})
+	cfg.Logger = io.log
+	client, err := ad.New(cfg)
 	if err != nil {
 		return usageError("ad login: %v", err)
 	}
 
-	pw, err := readPassword(io, *stdin)
+	secrets := secretReader{f.stdin, io}
+	pw, err := secrets.read("password", false)
 	if err != nil {
 		return fmt.Errorf("ad login: %w", err)
 	}
 	defer pw.Wipe()
 	id, err := client.Login(ctx, account, pw)
-	if err != nil {
+	if ad.NeedsNewPassword(err) && f.changeAs != "" {
 		fmt.Fprintln(io.out, ad.Sentence(err))
-		return withCode(adExitCode(err), err)
+		id, err = changeAndLogin(ctx, secrets, cfg, account, pw)
+	}
+	if err != nil {
+		return adFailure(io, err)
 	}
 	printIdentity(io.out, id)
 	return nil
+}
+
+// config returns the client configuration the flags describe.
+func (f *adLoginFlags) config(account string) (ad.Config, error) {
+	a, err := ad.ParseAccount(account)
+	if err != nil {
+		return ad.Config{}, err
+	}
+	domain := f.domain
+	if domain == "" && a.Form != ad.Principal {
+		return ad.Config{}, usageError("ad login: give --domain for %q", account)
+	}
+	if domain == "" {
+		domain = a.Domain
+	}
+	ca, err := os.ReadFile(f.caFile)
+	if err != nil {
+		return ad.Config{}, usageError("ad login: %v", err)
+	}
+	return ad.Config{
+		Domain: domain, DCs: f.dcs, LDAPS: f.ldaps, CA: ca,
+		OwnerGroups: f.owners, AdminGroups: f.admins,
+		ChangeAccount: f.changeAs,
+		Timeouts:      ad.Timeouts{Connect: f.connectTimeout, DC: f.dcTimeout},
+	}, nil
+}
+
+// changeAndLogin reads the change account's password and a new password,
+// changes the account's password from old and signs in with the new one.
+func changeAndLogin(ctx context.Context, secrets secretReader, cfg ad.Config, account string, old secret.Bytes) (*ad.Identity, error) {
+	carrier, err := secrets.read("password of "+cfg.ChangeAccount, false)
+	if err != nil {
+		return nil, fmt.Errorf("ad login: %w", err)
+	}
+	defer carrier.Wipe()
+	cfg.ChangeAccountPassword = carrier
+	client, err := ad.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ad login: %w", err)
+	}
+	pw, err := secrets.read("new password", true)
+	if err != nil {
+		return nil, fmt.Errorf("ad login: %w", err)
+	}
+	defer pw.Wipe()
+	if err := client.ChangePassword(ctx, account, old, pw); err != nil {
+		return nil, err
+	}
+	return client.Login(ctx, account, pw)
+}
+
+// adFailure prints the sentence for a failed login and gives err its exit
+// code; usage errors pass through.
+func adFailure(io stdio, err error) error {
+	var ee *exitErr
+	if errors.As(err, &ee) {
+		return err
+	}
+	fmt.Fprintln(io.out, ad.Sentence(err))
+	return withCode(adExitCode(err), err)
 }
 
 // adExitCode returns the exit code for a failed login.
@@ -143,52 +204,6 @@ func adExitCode(err error) int {
 		}
 	}
 	return exitError
-}
-
-// readPassword reads the password from the first line of standard input, or
-// without echo from the terminal.
-func readPassword(io stdio, fromStdin bool) (secret.Bytes, error) {
-	if fromStdin {
-		return readLine(io.in)
-	}
-	tty, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("no terminal to read the password from (use --password-stdin): %w", err)
-	}
-	defer tty.Close()
-	fmt.Fprint(tty, "Password: ")
-	pw, err := term.ReadPassword(int(tty.Fd()))
-	fmt.Fprintln(tty)
-	return pw, err
-}
-
-// readLine reads one line of at most maxPassword bytes into a secret, one
-// byte at a time so that nothing past the line is consumed or copied.
-func readLine(r io.Reader) (secret.Bytes, error) {
-	buf := make(secret.Bytes, maxPassword)
-	n := 0
-	var b [1]byte
-	for {
-		_, err := io.ReadFull(r, b[:])
-		if err != nil && (!errors.Is(err, io.EOF) || n == 0) {
-			buf.Wipe()
-			return nil, fmt.Errorf("read the password: %w", err)
-		}
-		if err != nil || b[0] == '\n' {
-			break
-		}
-		if n == maxPassword {
-			buf.Wipe()
-			return nil, fmt.Errorf("password longer than %d bytes", maxPassword)
-		}
-		buf[n] = b[0]
-		n++
-	}
-	b[0] = 0
-	if n > 0 && buf[n-1] == '\r' {
-		n--
-	}
-	return buf[:n], nil
 }
 
 // printIdentity prints who signed in, one field a line.

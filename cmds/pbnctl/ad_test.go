@@ -18,29 +18,32 @@ func TestMain(m *testing.M) { os.Exit(samba.Main(m)) }
 
 const adPassword = "Corr3ct-horse"
 
-// adFixture makes the shared DC's users once: alice in pbn-owners, a
-// disabled account, and a user in no group.
+// adFixture makes the shared DC's users once: alice and renew (who must
+// change her password) in pbn-owners, a disabled account, a user in no
+// group, and changer, who carries password changes.
 func adFixture(t *testing.T) (dc *samba.DC, caFile string) {
 	t.Helper()
 	dc = samba.Shared(t)
 	adOnce.Do(func() {
 		ctx := context.Background()
-		var alice string
+		var owners []string
 		for _, u := range []samba.User{
 			{Name: "alice", Password: adPassword},
+			{Name: "renew", Password: adPassword, State: samba.MustChange},
 			{Name: "disabled", Password: adPassword, State: samba.Disabled},
 			{Name: "nomember", Password: adPassword},
+			{Name: "changer", Password: adPassword},
 		} {
 			dn, err := dc.AddUser(ctx, u)
 			if err != nil {
 				adErr = err
 				return
 			}
-			if u.Name == "alice" {
-				alice = dn
+			if u.Name == "alice" || u.Name == "renew" {
+				owners = append(owners, dn)
 			}
 		}
-		_, adErr = dc.AddGroup("pbn-owners", alice)
+		_, adErr = dc.AddGroup("pbn-owners", owners...)
 	})
 	if adErr != nil {
 		t.Fatal(adErr)
@@ -75,7 +78,7 @@ func TestADLogin(t *testing.T) {
 	l.Close()
 
 	login := func(extra ...string) []string {
-		return append([]string{"ad", "login", "--ca", ca, "--password-stdin", "--owner-group", "pbn-owners", "--connect-timeout", "1s"}, extra...)
+		return append([]string{"ad", "login", "--ca", ca, "--password-stdin", "--owner-group", "pbn-owners", "--connect-timeout", "10s"}, extra...)
 	}
 	tests := []struct {
 		name     string
@@ -92,6 +95,11 @@ func TestADLogin(t *testing.T) {
 		{"no DC", adPassword, login("--dc", dead, "alice@"+dc.DNSDomain), 19, "No domain controller answers"},
 		{"injection", adPassword, login("--dc", dc.LDAPS(), "*@"+dc.DNSDomain), 21, "Type your account"},
 		{"empty password", "\n", login("--dc", dc.LDAPS(), "alice@"+dc.DNSDomain), 22, "Type your password"},
+		{"must change, rejected", adPassword + "\n" + adPassword + "\na\n",
+			login("--dc", dc.LDAPS(), "--change-account", "changer@"+dc.DNSDomain, "renew@"+dc.DNSDomain), 23, "does not accept"},
+		{"must change, changed", adPassword + "\n" + adPassword + "\nN3w-passw0rd\n",
+			login("--dc", dc.LDAPS(), "--change-account", "changer@"+dc.DNSDomain, "renew@"+dc.DNSDomain), 0, "owner:          yes"},
+		{"changed, new password", "N3w-passw0rd\n", login("--dc", dc.LDAPS(), "renew@"+dc.DNSDomain), 0, "upn:            renew@"},
 		{"no --ca", adPassword, []string{"ad", "login", "--password-stdin", "alice@x.test"}, 2, "exit codes"},
 		{"bare name without --domain", adPassword, login("--dc", dc.LDAPS(), "alice"), 2, "--domain"},
 	}
@@ -117,22 +125,5 @@ func TestADHelp(t *testing.T) {
 		if !strings.Contains(out, e.reason.String()) {
 			t.Errorf("-h does not document exit code %d (%s)", e.code, e.reason)
 		}
-	}
-}
-
-func TestReadLine(t *testing.T) {
-	for _, tt := range []struct{ in, want string }{
-		{"pw\nrest", "pw"}, {"pw\r\n", "pw"}, {"pw", "pw"}, {"\n", ""},
-	} {
-		got, err := readLine(strings.NewReader(tt.in))
-		if err != nil || string(got) != tt.want {
-			t.Errorf("readLine(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
-		}
-	}
-	if _, err := readLine(strings.NewReader(strings.Repeat("a", maxPassword+1))); err == nil {
-		t.Errorf("readLine accepted a password longer than %d bytes", maxPassword)
-	}
-	if _, err := readLine(strings.NewReader("")); err == nil {
-		t.Errorf("readLine accepted no input")
 	}
 }

@@ -3,7 +3,10 @@ package samba
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -32,9 +35,9 @@ func TestStates(t *testing.T) {
 		{LogonHoursDenied, "data 530,"},
 		{WorkstationDenied, "data 531,"},
 	}
-	for i, tt := range tests {
-		name := "state" + string(rune('a'+i))
-		t.Run(name, func(t *testing.T) {
+	for _, tt := range tests {
+		name := "s-" + tt.state.String() // at most 20, as sAMAccountName allows
+		t.Run(tt.state.String(), func(t *testing.T) {
 			if _, err := dc.AddUser(context.Background(), User{Name: name, Password: "Pass-w0rd-1", State: tt.state}); err != nil {
 				t.Fatal(err)
 			}
@@ -47,9 +50,9 @@ func TestStates(t *testing.T) {
 			var le *ldap.Error
 			switch {
 			case tt.want == "" && err != nil:
-				t.Errorf("Bind(state %d) = %v, want success", tt.state, err)
+				t.Errorf("Bind(%v) = %v, want success", tt.state, err)
 			case tt.want != "" && (!errors.As(err, &le) || !strings.Contains(le.Err.Error(), tt.want)):
-				t.Errorf("Bind(state %d) = %v, want invalid credentials with %q", tt.state, err, tt.want)
+				t.Errorf("Bind(%v) = %v, want invalid credentials with %q", tt.state, err, tt.want)
 			}
 		})
 	}
@@ -65,5 +68,36 @@ func TestLoopbackOnly(t *testing.T) {
 	if err == nil {
 		c.Close()
 		t.Errorf("the DC answers on 127.0.0.1 too")
+	}
+}
+
+// TestNetns starts a DC inside a network namespace of the test's own, on
+// that namespace's 127.0.0.1, and binds to it through DialContext.
+func TestNetns(t *testing.T) {
+	Need(t)
+	ns := fmt.Sprintf("pbn-samba-test-%d", os.Getpid())
+	for _, args := range [][]string{{"netns", "add", ns}, {"-n", ns, "link", "set", "lo", "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+		if args[0] == "netns" {
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+		}
+	}
+	dc, err := Start(context.Background(), Options{Netns: ns, Addr: netip.MustParseAddr("127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	if _, err := dc.AddUser(context.Background(), User{Name: "alice", Password: "Pass-w0rd-1"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := dc.dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Bind("alice@"+dc.DNSDomain, "Pass-w0rd-1"); err != nil {
+		t.Errorf("Bind in netns %s = %v", ns, err)
 	}
 }

@@ -40,6 +40,17 @@ const (
 	WorkstationDenied
 )
 
+var stateNames = [...]string{"active", "disabled", "locked", "account-expired",
+	"password-expired", "must-change", "logon-hours-denied", "workstation-denied"}
+
+// String names the state, for test names and logs.
+func (s State) String() string {
+	if s < 0 || int(s) >= len(stateNames) {
+		return "state" + strconv.Itoa(int(s))
+	}
+	return stateNames[s]
+}
+
 // LockoutThreshold is how many wrong passwords lock a Locked user.
 const LockoutThreshold = 3
 
@@ -56,7 +67,7 @@ type User struct {
 	State State
 }
 
-// Group types (MS-ADTS 2.2.12): a global security group.
+// groupType of a global security group (MS-ADTS, groupType bits).
 const globalSecurityGroup = "-2147483646"
 
 // userAccountControl bits (MS-ADTS 2.2.16).
@@ -119,7 +130,7 @@ func (d *DC) setState(ctx context.Context, c *ldap.Conn, dn string, u User) erro
 	return nil
 }
 
-// lockOut puts the user under a password settings object (MS-ADTS 3.1.1.5.1.7,
+// lockOut puts the user under a password settings object (msDS-PasswordSettings,
 // fine-grained password policy) with a lockout threshold, so that the
 // domain's own policy (no lockout) stays as it is for every other test user,
 // then fails LockoutThreshold binds with a wrong password.
@@ -181,7 +192,7 @@ db.modify(m, controls=["local_oid:1.3.6.1.4.1.7165.4.3.20:0"])
 `
 	ctx, cancel := context.WithTimeout(ctx, RequestTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, py, "-c", script, d.conf(), dn,
+	out, err := d.command(ctx, py, "-c", script, d.conf(), dn,
 		strconv.FormatInt(fileTime(t), 10)).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("set pwdLastSet: %w: %s", err, tail(out))
@@ -245,7 +256,7 @@ func (d *DC) admin() (*ldap.Conn, error) {
 }
 
 // unicodePwd encodes a password as the unicodePwd attribute wants it: in
-// double quotes, UTF-16LE (MS-ADTS 3.1.1.3.1.5.2).
+// double quotes, UTF-16LE (MS-ADTS 3.1.1.3.1.5.1).
 func unicodePwd(pw string) string {
 	u := utf16.Encode([]rune(`"` + pw + `"`))
 	b := make([]byte, 2*len(u))

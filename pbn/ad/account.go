@@ -11,8 +11,8 @@ import (
 // AccountForm is how a person typed an account.
 type AccountForm int
 
-// The account forms ParseAccount accepts (MS-ADTS 5.1.1.1.1, the name forms
-// a simple bind accepts).
+// The account forms ParseAccount accepts: the name forms that an AD simple
+// bind accepts (MS-ADTS, Simple Authentication), less the DN.
 const (
 	// Bare is a name alone, alice: the configured domain is implied.
 	Bare AccountForm = iota
@@ -38,14 +38,15 @@ const (
 	maxName    = 64
 	maxDomain  = 255
 	maxNetBIOS = 15
+	maxAccount = 4*maxName + 1 + maxDomain // in bytes, before anything else is looked at
 )
 
 // errAccount is the cause inside every account name error.
 var errAccount = errors.New("not an account name")
 
 // forbidden are the characters a sAMAccountName may not hold (MS-ADTS
-// 3.1.1.5.2.2 sAMAccountName constraints) together with the RFC 4515 filter
-// specials, refused before any escaping.
+// constraints on sAMAccountName) together with the RFC 4515 filter specials,
+// refused before any escaping.
 const forbidden = "\"/\\[]:;|=,+*?<>@()"
 
 // ParseAccount parses an account as a person types it: alice@corp.example.test,
@@ -60,6 +61,9 @@ func ParseAccount(s string) (Account, error) {
 }
 
 func parseAccount(s string) (Account, error) {
+	if len(s) > maxAccount {
+		return Account{}, fmt.Errorf("%w: longer than %d bytes", errAccount, maxAccount)
+	}
 	if !utf8.ValidString(s) {
 		return Account{}, fmt.Errorf("%w: not UTF-8", errAccount)
 	}

@@ -51,7 +51,7 @@ type Config struct {
 	// password change (ChangePassword): AD lets a user whose password has
 	// expired neither bind nor change it anonymously, but lets any
 	// authenticated account change a password to which it proves the old
-	// one (the User-Change-Password right, MS-ADTS 3.1.1.3.1.5.2). It needs
+	// one (the User-Change-Password right, MS-ADTS 3.1.1.3.1.5.1). It needs
 	// no other right. Optional; without it ChangePassword fails with
 	// ChangeUnavailable.
 	ChangeAccount         string

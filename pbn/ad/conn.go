@@ -18,7 +18,9 @@ import (
 // (requests that wait for a response) it makes.
 type session struct {
 	dc    dcURL
-	conn  *ldap.Conn
+	tls   *tls.Conn
+	conn  *ldap.Conn // go-ldap's client, made for the first request after the bind
+	id    int64      // the last message ID sent before go-ldap took over
 	trips int
 	stop  func() bool // unregisters the context's deadline hook
 }
@@ -64,9 +66,18 @@ func (c *Client) connect(ctx context.Context, dc dcURL) (*session, error) {
 		raw.Close()
 		return nil, err
 	}
-	s.conn = ldap.NewConn(tc, true)
-	s.conn.Start()
+	s.tls = tc
 	return s, nil
+}
+
+// ldap returns go-ldap's client on the session, starting it on first use:
+// from then on it alone reads the connection.
+func (s *session) ldap() *ldap.Conn {
+	if s.conn == nil {
+		s.conn = ldap.NewConn(s.tls, true)
+		s.conn.Start()
+	}
+	return s.conn
 }
 
 // oidStartTLS names the StartTLS extended operation (RFC 4511 section 4.14.1).
@@ -76,20 +87,18 @@ const oidStartTLS = "1.3.6.1.4.1.1466.20037"
 // reads its response, so that the TLS handshake that follows is ours and a
 // certificate error keeps its type (go-ldap's StartTLS flattens it).
 func (s *session) startTLS(raw net.Conn) error {
+	s.id++
 	msg := ber.Encode(ber.ClassUniversal, ber.TypeConstructed, ber.TagSequence, nil, "LDAPMessage")
-	msg.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, 1, "messageID"))
-	req := ber.Encode(ber.ClassApplication, ber.TypeConstructed, ldap.ApplicationExtendedRequest, nil, "ExtendedRequest")
+	msg.AppendChild(ber.NewInteger(ber.ClassUniversal, ber.TypePrimitive, ber.TagInteger, s.id, "messageID"))
+	req := ber.Encode(ber.ClassApplication, ber.TypeConstructed,
+		ldap.ApplicationExtendedRequest, nil, "ExtendedRequest")
 	req.AppendChild(ber.NewString(ber.ClassContext, ber.TypePrimitive, 0, oidStartTLS, "requestName"))
 	msg.AppendChild(req)
 	s.trips++
 	if _, err := raw.Write(msg.Bytes()); err != nil {
 		return fmt.Errorf("starttls: %w", err)
 	}
-	resp, err := ber.ReadPacket(raw)
-	if err != nil {
-		return fmt.Errorf("starttls: %w", err)
-	}
-	if err := ldap.GetLDAPError(resp); err != nil {
+	if err := readResult(raw, s.id, ldap.ApplicationExtendedResponse); err != nil {
 		return fmt.Errorf("starttls: %w", err)
 	}
 	return nil
@@ -99,37 +108,49 @@ func (s *session) close() {
 	if s.stop != nil {
 		s.stop()
 	}
-	s.conn.Close()
+	if s.conn != nil {
+		s.conn.Close()
+		return
+	}
+	s.tls.Close()
 }
 
-// bind makes a simple bind (RFC 4513 section 5.1.3) over the session's TLS.
+// bind makes a simple bind (RFC 4511 section 4.2, RFC 4513 section 5.1.3)
+// as the session's first request, before go-ldap takes the connection over.
+// It encodes the request into a buffer it wipes, so that no copy of the
+// password is left for the garbage collector.
 func (s *session) bind(name string, pw secret.Bytes) error {
 	if len(pw) == 0 {
 		return errors.New("empty password") // an anonymous bind; never sent
 	}
+	s.id++
+	msg := encodeBind(s.id, name, pw)
+	defer msg.Wipe()
 	s.trips++
-	_, err := s.conn.SimpleBind(ldap.NewSimpleBindRequest(name, view(pw), nil))
-	return answered(err)
+	if _, err := s.tls.Write(msg); err != nil {
+		return fmt.Errorf("%w: bind: %w", errNoAnswer, err)
+	}
+	return readResult(s.tls, s.id, ldap.ApplicationBindResponse)
 }
 
 func (s *session) search(req *ldap.SearchRequest) (*ldap.SearchResult, error) {
 	s.trips++
-	res, err := s.conn.Search(req)
+	res, err := s.ldap().Search(req)
 	return res, answered(err)
 }
 
 func (s *session) modify(req *ldap.ModifyRequest) error {
 	s.trips++
-	return answered(s.conn.Modify(req))
+	return answered(s.ldap().Modify(req))
 }
 
 // view returns b as a string without copying it, for go-ldap's string
 // parameters. The string shares b's memory: it must not outlive the call it
 // is passed to, and b's Wipe clears it too.
 //
-// TODO: go-ldap still copies the value into its BER packet, which only the
-// garbage collector frees; wiping that copy needs our own encoder of the bind
-// and modify requests.
+// TODO: go-ldap copies the value into its BER packet, which only the
+// garbage collector frees: for the password change's modify request, which
+// would need its own encoder, as the bind has, to be wiped.
 func view(b secret.Bytes) string {
 	return unsafe.String(unsafe.SliceData(b), len(b))
 }
@@ -173,11 +194,11 @@ func (c *Client) withDC(ctx context.Context, account string, f func(*session) er
 		if err == nil || !retryable(err) {
 			return dc.raw, trips, err
 		}
+		c.cfg.Logger.Warn("domain controller failed", "dc", dc.raw, "err", err)
+		causes = append(causes, DCError{URL: dc.raw, Err: err})
 		if ctx.Err() != nil {
 			return "", 0, &Error{Reason: Unreachable, Account: account, Err: ctx.Err(), Causes: causes}
 		}
-		c.cfg.Logger.Warn("domain controller failed", "dc", dc.raw, "err", err)
-		causes = append(causes, DCError{URL: dc.raw, Err: err})
 	}
 	e := &Error{Reason: Unreachable, Account: account, Causes: causes}
 	for _, ce := range causes {

@@ -81,7 +81,8 @@ var reasons = [...]struct{ text, sentence string }{
 	Unreachable: {"no domain controller reachable",
 		"No domain controller answers. Check the network cable or Wi-Fi, then try again."},
 	PinMismatch: {"domain controller certificate does not match the pinned CA",
-		"The domain controller could not prove who it is. Do not type your password again; tell your IT help desk."},
+		"The domain controller could not prove who it is. " +
+			"Do not type your password again; tell your IT help desk."},
 	BadAccount: {"not an account name",
 		`Type your account as name@domain, DOMAIN\name or name.`},
 	EmptyPassword: {"empty password",

@@ -4,20 +4,20 @@
 // Every connection is TLS (LDAPS, or StartTLS before anything else) to a DC
 // whose certificate the pinned CA issued; passwords are never empty and
 // never sent in the clear; every value put into a filter is escaped
-// (RFC 4515 section 3). A login is a simple bind as the account (MS-ADTS
-// 5.1.1.1), a search for the account's identity and state, and a search for
-// its groups with the in-chain matching rule LDAP_MATCHING_RULE_IN_CHAIN
-// (MS-ADTS 3.1.1.3.4.4.5): three LDAP round trips on LDAPS, four with
-// StartTLS.
+// (RFC 4515 section 3). A login is a simple bind as the account (RFC 4513
+// section 5.1.3), a search for the account's identity and state, and a
+// search for its groups with the in-chain matching rule
+// LDAP_MATCHING_RULE_TRANSITIVE_EVAL (MS-ADTS 3.1.1.3.4.4.3): three LDAP
+// round trips on LDAPS, four with StartTLS.
 //
 // Why a login fails is read first from the bind's AD sub-code (the Win32
 // error after "data" in the diagnostic message, which Samba and Windows
-// send when the password is right but the account may not log on), and then,
-// after a successful bind, from the account's computed state
-// (userAccountControl, msDS-User-Account-Control-Computed, accountExpires,
-// pwdLastSet; MS-ADTS 2.2.16 and 3.1.1.4.5.17), in case a DC let the bind
-// through. Each failure is an *Error with a Reason; Reason.Sentence is what
-// to tell the person.
+// send when the password is right but the account may not log on), and
+// then, after a successful bind, from the account's state
+// (userAccountControl, MS-ADTS 2.2.16, and the constructed
+// msDS-User-Account-Control-Computed; accountExpires; pwdLastSet), in case
+// a DC let the bind through. Each failure is an *Error with a Reason;
+// Reason.Sentence is what to tell the person.
 package ad
 
 import (
@@ -46,9 +46,12 @@ type Identity struct {
 	GUID string
 	// DN is the account's distinguished name.
 	DN string
-	// Groups are the groups the account belongs to, nested ones included.
-	// The primary group (primaryGroupID, usually Domain Users) is not among
-	// them: AD does not list it in member.
+	// Groups are the groups the account belongs to, nested ones included,
+	// and its primary group (primaryGroupID, usually Domain Users), which AD
+	// does not list in member.
+	//
+	// TODO: the groups that the primary group is nested in are missing; AD
+	// links them to the primary group, which the in-chain rule does not see.
 	Groups []Group
 	// Owner and Admin say whether the account is in an owner or an
 	// administrator group of the configuration.
@@ -73,6 +76,7 @@ type Group struct {
 var userAttrs = []string{
 	"userPrincipalName", "sAMAccountName", "displayName", "objectSid", "objectGUID",
 	"userAccountControl", "msDS-User-Account-Control-Computed", "accountExpires", "pwdLastSet",
+	"primaryGroupID",
 }
 
 // Login authenticates account with password on the first DC that answers.
@@ -180,7 +184,8 @@ func (c *Client) identity(s *session, a Account) (*Identity, error) {
 	if id.GUID, err = DecodeGUID(e.GetRawAttributeValue("objectGUID")); err != nil {
 		return nil, &Error{Reason: Other, Account: a.String(), DC: s.dc.raw, Err: err}
 	}
-	if id.Groups, err = c.groups(s, e.DN); err != nil {
+	primary := primaryGroupSID(id.SID, e.GetAttributeValue("primaryGroupID"))
+	if id.Groups, err = c.groups(s, e.DN, primary); err != nil {
 		return nil, &Error{Reason: Other, Account: a.String(), DC: s.dc.raw, Err: err}
 	}
 	return id, nil
@@ -205,14 +210,19 @@ func pickUser(entries []*ldap.Entry, a Account) *ldap.Entry {
 // errNotFound is the cause when the search does not find the bound account.
 var errNotFound = errors.New("the bound account is not found in the base DN")
 
-// inChain is LDAP_MATCHING_RULE_IN_CHAIN (MS-ADTS 3.1.1.3.4.4.5), which
+// inChain is LDAP_MATCHING_RULE_TRANSITIVE_EVAL, also called IN_CHAIN
+// (MS-ADTS 3.1.1.3.4.4.3), which
 // follows member links transitively.
 const inChain = "1.2.840.113556.1.4.1941"
 
 // groups returns every group that dn is a member of, directly or through
 // other groups.
-func (c *Client) groups(s *session, dn string) ([]Group, error) {
-	filter := "(&(objectClass=group)(member:" + inChain + ":=" + ldap.EscapeFilter(dn) + "))"
+func (c *Client) groups(s *session, dn, primarySID string) ([]Group, error) {
+	filter := "(member:" + inChain + ":=" + ldap.EscapeFilter(dn) + ")"
+	if primarySID != "" {
+		filter = "(|" + filter + "(objectSid=" + ldap.EscapeFilter(primarySID) + "))"
+	}
+	filter = "(&(objectClass=group)" + filter + ")"
 	res, err := s.search(ldap.NewSearchRequest(c.cfg.BaseDN, ldap.ScopeWholeSubtree,
 		ldap.NeverDerefAliases, 0, 0, false, filter, []string{"objectSid", "sAMAccountName"}, nil))
 	if err != nil {
@@ -227,6 +237,17 @@ func (c *Client) groups(s *session, dn string) ([]Group, error) {
 		groups = append(groups, Group{SID: sid, Name: e.GetAttributeValue("sAMAccountName"), DN: e.DN})
 	}
 	return groups, nil
+}
+
+// primaryGroupSID returns the SID of the primary group: the account's
+// domain SID with the primaryGroupID as the last sub-authority (MS-ADTS,
+// primaryGroupID), or "" without one.
+func primaryGroupSID(userSID, rid string) string {
+	i := strings.LastIndexByte(userSID, '-')
+	if _, err := strconv.ParseUint(rid, 10, 32); err != nil || i < 0 {
+		return ""
+	}
+	return userSID[:i+1] + rid
 }
 
 // membership says whether groups hold one of the owner groups and one of the

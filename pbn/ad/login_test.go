@@ -1,6 +1,7 @@
 package ad
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -120,7 +121,8 @@ func (f fixture) config(dcs ...string) Config {
 		AdminGroups:           []string{f.adminSID},
 		ChangeAccount:         "changer@" + f.dc.DNSDomain,
 		ChangeAccountPassword: secret.Bytes(password),
-		Timeouts:              Timeouts{Connect: 500 * time.Millisecond, DC: 5 * time.Second},
+		// Generous: the machine running the tests may be loaded.
+		Timeouts: Timeouts{Connect: 10 * time.Second, DC: 30 * time.Second},
 	}
 }
 
@@ -210,9 +212,15 @@ func TestIdentity(t *testing.T) {
 			t.Errorf("group %s has SID %q", g.Name, g.SID)
 		}
 	}
+	domainSID := id.SID[:strings.LastIndexByte(id.SID, '-')]
+	for _, g := range id.Groups {
+		if g.Name == "Domain Users" && g.SID != domainSID+"-513" {
+			t.Errorf("Domain Users has SID %s, want %s-513", g.SID, domainSID)
+		}
+	}
 	slices.Sort(names)
-	if want := []string{"pbn-owners", "pbn-staff"}; !slices.Equal(names, want) {
-		t.Errorf("Groups = %v, want %v (pbn-owners through nesting)", names, want)
+	if want := []string{"Domain Users", "pbn-owners", "pbn-staff"}; !slices.Equal(names, want) {
+		t.Errorf("Groups = %v, want %v (pbn-owners through nesting, Domain Users as the primary group)", names, want)
 	}
 	if !id.Owner || id.Admin {
 		t.Errorf("Owner, Admin = %v, %v; want true, false", id.Owner, id.Admin)
@@ -240,16 +248,18 @@ func TestInjection(t *testing.T) {
 	}
 	// Past the parser, escaping alone must hold.
 	got := c.userFilter(Account{Form: Principal, Name: `a*)(x\`, Domain: "corp.example.test"})
-	want := `(&(objectCategory=person)(objectClass=user)(|(userPrincipalName=a\2a\29\28x\5c@corp.example.test)(sAMAccountName=a\2a\29\28x\5c)))`
+	want := `(&(objectCategory=person)(objectClass=user)` +
+		`(|(userPrincipalName=a\2a\29\28x\5c@corp.example.test)(sAMAccountName=a\2a\29\28x\5c)))`
 	if got != want {
 		t.Errorf("userFilter = %s, want %s", got, want)
 	}
 }
 
 // listener returns the address of a TCP listener on loopback that accepts
-// connections and never answers, and counts them. It stands for a hung DC,
+// connections, reads what they send and never answers, and a function that
+// returns how many it accepted and what they sent. It stands for a hung DC,
 // which the real Samba cannot be made into.
-func listener(t *testing.T) (addr string, accepted func() int) {
+func listener(t *testing.T) (addr string, received func() (int, []byte)) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -257,6 +267,7 @@ func listener(t *testing.T) (addr string, accepted func() int) {
 	}
 	var mu sync.Mutex
 	var conns []net.Conn
+	var data []byte
 	t.Cleanup(func() {
 		l.Close()
 		mu.Lock()
@@ -274,12 +285,24 @@ func listener(t *testing.T) (addr string, accepted func() int) {
 			mu.Lock()
 			conns = append(conns, c)
 			mu.Unlock()
+			go func() {
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					mu.Lock()
+					data = append(data, buf[:n]...)
+					mu.Unlock()
+					if err != nil {
+						return
+					}
+				}
+			}()
 		}
 	}()
-	return l.Addr().String(), func() int {
+	return l.Addr().String(), func() (int, []byte) {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(conns)
+		return len(conns), bytes.Clone(data)
 	}
 }
 
@@ -297,7 +320,7 @@ func deadAddr(t *testing.T) string {
 
 func TestFailover(t *testing.T) {
 	f := setup(t)
-	slow, slowAccepted := listener(t)
+	slow, slowReceived := listener(t)
 	dead := deadAddr(t)
 	tests := []struct {
 		name string
@@ -311,7 +334,9 @@ func TestFailover(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := f.client(t, f.config(tt.dcs...))
+			cfg := f.config(tt.dcs...)
+			cfg.Timeouts.Connect = 2 * time.Second // what a slow DC costs
+			c := f.client(t, cfg)
 			id, err := c.Login(context.Background(), "alice", secret.Bytes(password))
 			if tt.want != Other {
 				var e *Error
@@ -328,8 +353,19 @@ func TestFailover(t *testing.T) {
 			}
 		})
 	}
-	if slowAccepted() == 0 {
+	if n, _ := slowReceived(); n == 0 {
 		t.Errorf("the slow DC was never tried")
+	}
+
+	// The caller's deadline ends the wait for a slow DC before its own
+	// timeout does, and stops the failover.
+	cfg := f.config("ldaps://"+slow, f.dc.LDAPS())
+	cfg.Timeouts = Timeouts{Connect: time.Minute, DC: time.Minute}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err := f.client(t, cfg).Login(ctx, "alice", secret.Bytes(password))
+	if ReasonOf(err) != Unreachable || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Login past the caller's deadline = %v, want Unreachable from the deadline", err)
 	}
 }
 
@@ -366,7 +402,8 @@ func TestPinMismatch(t *testing.T) {
 	// An impostor on one address does not stop the login on the next DC.
 	impostor := impostor(t, other)
 	cfg := f.config(impostor, f.dc.LDAPS())
-	if id, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password)); err != nil || id.DC != f.dc.LDAPS() {
+	id, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password))
+	if err != nil || id.DC != f.dc.LDAPS() {
 		t.Errorf("Login via %s then %s = %v, want success on the second", impostor, f.dc.LDAPS(), err)
 	}
 }
@@ -401,32 +438,60 @@ func impostor(t *testing.T, ca *samba.CA) string {
 
 func TestEmptyPasswordSendsNothing(t *testing.T) {
 	f := setup(t)
-	addr, accepted := listener(t)
+	addr, received := listener(t)
 	c := f.client(t, f.config("ldaps://"+addr))
 	_, err := c.Login(context.Background(), "alice", nil)
 	if ReasonOf(err) != EmptyPassword {
 		t.Errorf("Login with no password = %v, want EmptyPassword", err)
 	}
-	if n := accepted(); n != 0 {
+	if n, _ := received(); n != 0 {
 		t.Errorf("a DC was contacted %d times for an empty password", n)
+	}
+}
+
+// TestNothingInTheClear checks that on an ldap:// URL the first and only
+// thing sent before TLS is the StartTLS request. It does not prove anything
+// about what a DC that answers StartTLS receives: that is TLS, which
+// TestStartTLS and TestPinMismatch cover.
+func TestNothingInTheClear(t *testing.T) {
+	f := setup(t)
+	addr, received := listener(t)
+	cfg := f.config("ldap://" + addr)
+	cfg.Timeouts.Connect = 300 * time.Millisecond
+	_, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password))
+	if ReasonOf(err) != Unreachable {
+		t.Errorf("Login via a DC that never answers StartTLS = %v, want Unreachable", err)
+	}
+	n, data := received()
+	if n != 1 || !bytes.Contains(data, []byte(oidStartTLS)) {
+		t.Errorf("the DC got %d connections and % x, want one StartTLS request", n, data)
+	}
+	if bytes.Contains(data, []byte(password)) || bytes.Contains(data, []byte("alice")) {
+		t.Errorf("the account or password crossed the wire in the clear: % x", data)
 	}
 }
 
 func TestDNSDiscovery(t *testing.T) {
 	f := setup(t)
-	cfg := f.config()
-	cfg.DCs = nil
-	cfg.LDAPS = true
-	cfg.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer // the DC's own DNS server, never the system's
 		return d.DialContext(ctx, network, net.JoinHostPort(f.dc.Addr.String(), "53"))
 	}}
-	id, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password))
-	if err != nil {
-		t.Fatalf("Login with DCs from DNS SRV: %v", err)
-	}
-	if want := "ldaps://" + f.dc.Host + ":636"; id.DC != want {
-		t.Errorf("DC = %s, want %s", id.DC, want)
+	for _, tt := range []struct {
+		ldaps bool
+		want  string
+	}{
+		{true, "ldaps://" + f.dc.Host + ":636"},
+		{false, "ldap://" + f.dc.Host + ":389"},
+	} {
+		cfg := f.config()
+		cfg.DCs, cfg.LDAPS, cfg.Resolver = nil, tt.ldaps, resolver
+		id, err := f.client(t, cfg).Login(context.Background(), "alice", secret.Bytes(password))
+		if err != nil {
+			t.Errorf("Login with DCs from DNS SRV (LDAPS %v): %v", tt.ldaps, err)
+		} else if id.DC != tt.want {
+			t.Errorf("DC = %s, want %s", id.DC, tt.want)
+		}
 	}
 }
 
@@ -440,7 +505,8 @@ func TestChangePassword(t *testing.T) {
 			if !NeedsNewPassword(err) {
 				t.Fatalf("Login(%s) = %v, want a reason that needs a new password", name, err)
 			}
-			if err := c.ChangePassword(ctx, name, secret.Bytes("wrong-Old-1"), secret.Bytes("N3w-password-1")); ReasonOf(err) != WrongCredentials {
+			err = c.ChangePassword(ctx, name, secret.Bytes("wrong-Old-1"), secret.Bytes("N3w-password-1"))
+			if ReasonOf(err) != WrongCredentials {
 				t.Errorf("ChangePassword with a wrong old password = %v, want WrongCredentials", err)
 			}
 			if err := c.ChangePassword(ctx, name, secret.Bytes(password), secret.Bytes("a")); ReasonOf(err) != PasswordRejected {

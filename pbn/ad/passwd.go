@@ -16,7 +16,7 @@ import (
 // does at the prompt when Login's error says NeedsNewPassword; Login with
 // the new password then continues. It binds as the configured
 // ChangeAccount, finds the account, and sends one modify that deletes the
-// old unicodePwd value and adds the new one (MS-ADTS 3.1.1.3.1.5.2), which
+// old unicodePwd value and adds the new one (MS-ADTS 3.1.1.3.1.5.1), which
 // AD accepts only over an encrypted connection: four LDAP round trips on
 // LDAPS. The passwords are not wiped; the caller does that.
 //
@@ -24,6 +24,9 @@ import (
 // ChangeUnavailable before anything is sent; WrongCredentials when old is
 // wrong; PasswordRejected when new breaks the domain's rules; Unreachable or
 // PinMismatch when no DC answers; Other when the change account cannot bind.
+//
+// TODO: the Kerberos password change (RFC 3244, kpasswd), which AD allows
+// with the old password alone, would need no change account in the image.
 func (c *Client) ChangePassword(ctx context.Context, account string, old, new secret.Bytes) error {
 	a, err := c.parse(account)
 	if err != nil {
@@ -110,7 +113,7 @@ func LeadingCode(msg string) (uint32, bool) {
 }
 
 // unicodePwd encodes a password as the unicodePwd attribute takes it: in
-// double quotes, UTF-16LE (MS-ADTS 3.1.1.3.1.5). It refuses bytes that are
+// double quotes, UTF-16LE (MS-ADTS 3.1.1.3.1.5.1). It refuses bytes that are
 // not UTF-8.
 func unicodePwd(pw secret.Bytes) (secret.Bytes, error) {
 	out := make(secret.Bytes, 0, 2*len(pw)+8)

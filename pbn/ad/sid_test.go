@@ -51,7 +51,10 @@ func FuzzDecodeSID(f *testing.F) {
 		if err != nil || len(parts)-1 != int(b[1]) {
 			t.Fatalf("DecodeSID(% x) = %q", b, s)
 		}
-		enc := []byte{1, byte(len(parts) - 1), byte(auth >> 40), byte(auth >> 32), byte(auth >> 24), byte(auth >> 16), byte(auth >> 8), byte(auth)}
+		enc := []byte{1, byte(len(parts) - 1)}
+		for shift := 40; shift >= 0; shift -= 8 {
+			enc = append(enc, byte(auth>>shift))
+		}
 		for _, p := range parts[1:] {
 			n, err := strconv.ParseUint(p, 10, 32)
 			if err != nil {
@@ -63,4 +66,17 @@ func FuzzDecodeSID(f *testing.F) {
 			t.Fatalf("DecodeSID(% x) = %q, which encodes as % x", b, s, enc)
 		}
 	})
+}
+
+func TestPrimaryGroupSID(t *testing.T) {
+	for _, tt := range []struct{ user, rid, want string }{
+		{"S-1-5-21-1-2-3-1104", "513", "S-1-5-21-1-2-3-513"},
+		{"S-1-5-21-1-2-3-1104", "", ""},
+		{"S-1-5-21-1-2-3-1104", "5-13", ""},
+		{"", "513", ""},
+	} {
+		if got := primaryGroupSID(tt.user, tt.rid); got != tt.want {
+			t.Errorf("primaryGroupSID(%q, %q) = %q, want %q", tt.user, tt.rid, got, tt.want)
+		}
+	}
 }

@@ -181,14 +181,13 @@ type run struct {
 // provisioning key file or the user's, and Run can be started again.
 func (d *Device) Run(ctx context.Context, account string, password secret.Bytes) (*Result, error) {
 	r := &run{d: d, account: account, password: password}
+	defer func() { r.provFDE.Wipe() }() // provFDE is set later
 	if err := r.steps(ctx); err != nil {
 		if r.res.KeyFile != nil {
 			r.res.KeyFile.Close()
 		}
-		r.provFDE.Wipe()
 		return nil, err
 	}
-	r.provFDE.Wipe()
 	return &r.res, nil
 }
 

@@ -32,9 +32,11 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(samba.Main(m)) }
 
-// The user of every test; the password meets the domain's complexity rules.
+// The user of every test, and another one; the password, theirs both,
+// meets the domain's complexity rules.
 const (
 	user     = "alice"
+	other    = "bob"
 	password = "Corr3ct-horse"
 	keyDir   = "/esp/EFI/PBN/keys"
 )
@@ -48,7 +50,7 @@ var (
 )
 
 // sharedDC returns the package's Samba AD DC, with alice in the group
-// pbn-staff, so that her claim carries a group key.
+// pbn-staff, so that her claim carries a group key, and bob.
 func sharedDC(t testing.TB) *samba.DC {
 	t.Helper()
 	dc := samba.Shared(t)
@@ -57,6 +59,9 @@ func sharedDC(t testing.TB) *samba.DC {
 		dn, dcErr = dc.AddUser(context.Background(), samba.User{Name: user, Password: password})
 		if dcErr == nil {
 			_, dcErr = dc.AddGroup("pbn-staff", dn)
+		}
+		if dcErr == nil {
+			_, dcErr = dc.AddUser(context.Background(), samba.User{Name: other, Password: password})
 		}
 	})
 	if dcErr != nil {

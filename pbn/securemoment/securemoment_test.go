@@ -176,6 +176,13 @@ func TestRun(t *testing.T) {
 	}
 	d.checkFinished(t, res, provCopy)
 
+	// Another user of the domain gets nothing from the device now: there
+	// is no provisioning key file left to claim it with.
+	if _, err := d.Run(ctx, other, secret.Bytes(password)); !errors.Is(err, ErrNotProvisioned) {
+		t.Errorf("Run(%s) after %s's secure moment = %v, want ErrNotProvisioned", other, user, err)
+	}
+	d.checkFinished(t, res, provCopy)
+
 	// Nothing is left to do.
 	again, err := d.Run(ctx, user, secret.Bytes(password))
 	if err != nil {

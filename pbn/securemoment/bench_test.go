@@ -22,6 +22,7 @@ func BenchmarkSecureMoment(b *testing.B) {
 	e := newEnv(b)
 	var stored, total time.Duration
 	perStep := map[Step]time.Duration{}
+	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
 		d := e.newDevice(b)

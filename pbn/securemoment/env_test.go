@@ -70,24 +70,6 @@ func sharedDC(t testing.TB) *samba.DC {
 	return dc
 }
 
-// directory is pbn/ad's client as the key server's keyserver.Directory.
-//
-// TODO: this adapter belongs in a package (pbnd has no directory yet, so
-// it refuses every claim); it lives here until the lead decides where.
-type directory struct{ *ad.Client }
-
-func (d directory) Login(ctx context.Context, account string, pw secret.Bytes) (*keyserver.Identity, error) {
-	id, err := d.Client.Login(ctx, account, pw)
-	if err != nil {
-		return nil, err
-	}
-	kid := &keyserver.Identity{UPN: id.UPN, SID: id.SID}
-	for _, g := range id.Groups {
-		kid.Groups = append(kid.Groups, keyserver.Group{SID: g.SID, Name: g.Name})
-	}
-	return kid, nil
-}
-
 // env is one test's enterprise: the DC, a key server on loopback with
 // SQLite and Tang keys, and a swtpm.
 type env struct {
@@ -138,7 +120,7 @@ func newEnv(t testing.TB) *env {
 	}
 	e.url = "https://" + ln.Addr().String()
 	srv, err := keyserver.New(keyserver.Config{Store: st, Key: newKey(t), URL: e.url,
-		Directory: directory{e.ad}, Exchange: tk})
+		Directory: keyserver.AD(e.ad), Exchange: tk})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -59,7 +60,8 @@ type Lab struct {
 	// Dir is the lab's working directory: sockets, leases, logs.
 	Dir string
 
-	log *slog.Logger
+	log     *slog.Logger
+	console io.Writer
 
 	mu      sync.Mutex
 	procs   []*Process
@@ -73,6 +75,9 @@ type Lab struct {
 type Options struct {
 	// Log receives what the lab does; nil discards it.
 	Log *slog.Logger
+	// Console receives the console output of every laptop whose
+	// LaptopOptions name no Console of its own.
+	Console io.Writer
 }
 
 // New makes a lab: a network namespace holding a bridge, up, with the
@@ -80,8 +85,9 @@ type Options struct {
 // error nothing is left behind.
 func New(ctx context.Context, opts Options) (lab *Lab, err error) {
 	l := &Lab{
-		Name: fmt.Sprintf("pbn%d-%d", os.Getpid(), labs.Add(1)),
-		log:  opts.Log,
+		Name:    fmt.Sprintf("pbn%d-%d", os.Getpid(), labs.Add(1)),
+		log:     opts.Log,
+		console: opts.Console,
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
@@ -257,14 +263,15 @@ func (l *Lab) onClose(f func() error) {
 
 // StartDHCP starts dnsmasq on the bridge as the LAN's DHCPv4 server (RFC
 // 2131), handing out addresses of Subnet with Gateway as the router. It
-// serves no DNS.
+// serves no DNS, and offers at once: no ping of the address first, which
+// would add seconds to every boot.
 func (l *Lab) StartDHCP(ctx context.Context) (*Process, error) {
 	dnsmasq, err := lookSbin("dnsmasq")
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(dnsmasq, "--keep-in-foreground", "--no-resolv", "--no-hosts",
-		"--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
+		"--conf-file=/dev/null", "--port=0", "--no-ping", "--interface=br0", "--bind-interfaces",
 		"--pid-file="+filepath.Join(l.Dir, "dnsmasq.pid"),
 		"--dhcp-leasefile="+l.LeaseFile(),
 		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,1h", dhcpFirst, dhcpLast),

@@ -84,7 +84,9 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-serial", "stdio", "-no-reboot",
 		"-kernel", opts.Kernel, "-initrd", opts.Initrd,
-		"-append", strings.TrimSpace("console=ttyS0 " + opts.Append),
+		// panic=-1: a kernel panic ends QEMU (-no-reboot) at once, so
+		// Expect fails fast instead of at its deadline.
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 " + opts.Append),
 	}
 	if !opts.NoTPM {
 		sock, err := l.startSwtpm(ctx, name, dir)
@@ -132,8 +134,8 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 	l.onClose(log.Close)
 	cmd.Stderr = log
 	var copyTo io.Writer = log
-	if opts.Console != nil {
-		copyTo = io.MultiWriter(log, opts.Console)
+	if c := cmp.Or(opts.Console, l.console); c != nil {
+		copyTo = io.MultiWriter(log, c)
 	}
 	m.Console = newConsole(stdin, copyTo)
 	if m.qemu, err = l.Start("qemu "+name, cmd); err != nil {

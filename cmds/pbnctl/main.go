@@ -41,6 +41,7 @@ type command struct {
 var commands = []command{
 	// One line a command; each command's code lives in its own file.
 	{"keyfile", "create, inspect and open key files; add and remove protectors", runKeyfile},
+	{"image", "build the pre-boot image (initramfs)", runImage},
 }
 
 // Exit codes shared by every command; each command documents its own above

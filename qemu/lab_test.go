@@ -47,7 +47,7 @@ func TestMain(m *testing.M) {
 }
 
 // needLab skips or fails t unless the lab can run here.
-func needLab(t *testing.T) {
+func needLab(t testing.TB) {
 	t.Helper()
 	testenv.Root(t)
 	for _, c := range []string{"qemu-system-x86_64", "swtpm", "ip", "busybox", "dnsmasq"} {
@@ -78,7 +78,7 @@ func tinyOS(t *testing.T) (initramfs.Kernel, string) {
 }
 
 // newLab makes a lab that t's cleanup closes.
-func newLab(t *testing.T) *Lab {
+func newLab(t testing.TB) *Lab {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -209,6 +209,8 @@ func TestBootWrongPassword(t *testing.T) {
 	expect(t, ctx, m, `That password is not correct. Try again.`, promptRE)
 	m.Console.Type("wrong two\n")
 	expect(t, ctx, m, `Too many wrong passwords.`)
+	// The right password after the limit opens nothing either.
+	refused(t, m, testPassword+"\n", `unlock: key file`)
 	noShell(t, m)
 	if strings.Contains(m.Console.Output(), TinyOSBanner) {
 		t.Error("the tiny OS booted after wrong passwords")
@@ -251,11 +253,18 @@ func TestBootNoDHCP(t *testing.T) {
 // noShell types a shell command and checks that nothing runs it.
 func noShell(t *testing.T, m *Laptop) {
 	t.Helper()
-	m.Console.Type("echo shell-$((6*7))\n")
+	refused(t, m, "echo shell-$((6*7))\n", `shell-42`)
+}
+
+// refused types input and checks that the console does not print pattern
+// within a few seconds.
+func refused(t *testing.T, m *Laptop, input, pattern string) {
+	t.Helper()
+	m.Console.Type(input)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := m.Console.Expect(ctx, regexp.MustCompile(`shell-42`)); err == nil {
-		t.Error("a shell ran the command typed after the failure")
+	if _, err := m.Console.Expect(ctx, regexp.MustCompile(pattern)); err == nil {
+		t.Errorf("after the failure, typing %q printed %q", input, pattern)
 	}
 }
 

@@ -119,8 +119,9 @@ func newUUID() string {
 }
 
 // bootPBN boots a laptop with the PBN image from disk on a lab with a DHCP
-// server when dhcp is set.
-func bootPBN(t testing.TB, ctx context.Context, disk string, dhcp bool, extra string) (*Lab, *Laptop) {
+// server when dhcp is set. hw picks the network card and the disk
+// interface; its zero value is virtio for both.
+func bootPBN(t testing.TB, ctx context.Context, disk string, dhcp bool, extra string, hw LaptopOptions) (*Lab, *Laptop) {
 	t.Helper()
 	k, img, _, uuid := pbnDisk(t)
 	lab := newLab(t)
@@ -134,7 +135,8 @@ func bootPBN(t testing.TB, ctx context.Context, disk string, dhcp bool, extra st
 		console = &testWriter{t: tt, name: "laptop"}
 	}
 	m, err := lab.Laptop(ctx, "laptop", LaptopOptions{Kernel: k.Image, Initrd: img, Disks: []string{disk},
-		Append: "quiet ro pbn.debug rd.luks.uuid=" + uuid + " " + extra, Console: console})
+		NIC: hw.NIC, DiskInterface: hw.DiskInterface, Console: console,
+		Append: "quiet ro pbn.debug rd.luks.uuid=" + uuid + " " + extra})
 	if err != nil {
 		t.Fatalf("Laptop = %v", err)
 	}
@@ -163,15 +165,36 @@ const networkRE = `pbn: network: ([^\n]*) \((\d+) ms\)\n`
 // promptRE is the agent's password prompt.
 const promptRE = `Enter password for ` + testUPN + `: `
 
+// TestBootOpensDisk boots laptops of two kinds of hardware: the agent loads
+// their drivers by modalias, leases an address, asks for the password,
+// opens the disk and hands over to the tiny OS with its timing file.
 func TestBootOpensDisk(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
-	defer cancel()
-	_, _, disk, _ := pbnDisk(t)
-	lab, m := bootPBN(t, ctx, disk, true, "")
+	tests := []struct {
+		name    string
+		hw      LaptopOptions
+		drivers []string
+	}{
+		{"virtio", LaptopOptions{NIC: VirtioNet, DiskInterface: Virtio}, []string{"virtio_net", "virtio_blk"}},
+		{"e1000e and nvme", LaptopOptions{NIC: E1000E, DiskInterface: NVMe}, []string{"e1000e", "nvme"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
+			defer cancel()
+			_, _, disk, _ := pbnDisk(t)
+			lab, m := bootPBN(t, ctx, disk, true, "", tt.hw)
+			checkBoot(t, ctx, lab, m, tt.drivers)
+		})
+	}
+}
 
+// checkBoot follows a laptop's boot from the agent's start to the tiny
+// OS's power-off, typing the right password.
+func checkBoot(t *testing.T, ctx context.Context, lab *Lab, m *Laptop, drivers []string) {
+	t.Helper()
 	got := expect(t, ctx, m, `pbn: modules: \d+ for the hardware \(([^)]*)\)`, networkRE, promptRE)
-	if mods := strings.Fields(got[0][1]); !containsAll(mods, "virtio_net", "virtio_blk") {
-		t.Errorf("modules loaded = %q, want virtio_net and virtio_blk among them", mods)
+	if mods := strings.Fields(got[0][1]); !containsAll(mods, drivers...) {
+		t.Errorf("modules loaded = %q, want %q among them", mods, drivers)
 	}
 	lease, ok := lab.Lease(m.MAC)
 	if !ok || !strings.Contains(got[1][1], lease.String()) {
@@ -202,7 +225,7 @@ func TestBootWrongPassword(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
 	defer cancel()
 	_, _, disk, _ := pbnDisk(t)
-	_, m := bootPBN(t, ctx, disk, true, "pbn.tries=2")
+	_, m := bootPBN(t, ctx, disk, true, "pbn.tries=2", LaptopOptions{})
 
 	expect(t, ctx, m, promptRE)
 	m.Console.Type("wrong one\n")
@@ -225,7 +248,7 @@ func TestBootCorruptKeyFile(t *testing.T) {
 	_, _, disk, _ := pbnDisk(t)
 	corrupt := filepath.Join(t.TempDir(), "corrupt.img")
 	corruptKeyFile(t, disk, corrupt)
-	_, m := bootPBN(t, ctx, corrupt, true, "")
+	_, m := bootPBN(t, ctx, corrupt, true, "", LaptopOptions{})
 
 	expect(t, ctx, m, `The key file on this computer is damaged. Ask your administrator for help.`)
 	noShell(t, m)
@@ -240,7 +263,7 @@ func TestBootNoDHCP(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
 	defer cancel()
 	_, _, disk, _ := pbnDisk(t)
-	_, m := bootPBN(t, ctx, disk, false, "pbn.nettimeout=3s")
+	_, m := bootPBN(t, ctx, disk, false, "pbn.nettimeout=3s", LaptopOptions{})
 
 	got := expect(t, ctx, m, networkRE, promptRE)
 	took, _ := strconv.Atoi(got[0][2])
@@ -327,7 +350,7 @@ func BenchmarkBoot(b *testing.B) {
 	n := 0
 	for b.Loop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
-		_, m := bootPBN(b, ctx, disk, true, "")
+		_, m := bootPBN(b, ctx, disk, true, "", LaptopOptions{})
 		expect(b, ctx, m, promptRE)
 		m.Console.Type(testPassword + "\n")
 		got := expect(b, ctx, m, regexp.QuoteMeta(TimingBegin)+`\n((?s:.*?))`+regexp.QuoteMeta(TimingEnd))

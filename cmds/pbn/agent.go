@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -39,6 +40,8 @@ type agent struct {
 	timing  *stage.Timing
 	loader  *kmod.Loader
 
+	volume   cmdline.LUKS // the LUKS volume to open
+	luksDev  *disk.Device // where it is
 	files    []*keyfile.KeyFile
 	opened   *keyfile.KeyFile
 	rootDev  *disk.Device
@@ -72,7 +75,7 @@ func (a *agent) run(ctx context.Context) error {
 		return err
 	}
 	a.say("switch_root to %s", a.initPath)
-	a.con.Drain()
+	a.con.Close() // gives the terminal back its echo and line editing
 	return handoff.SwitchRoot(newRoot, a.initPath, append([]string{a.initPath}, initArgs()...))
 }
 
@@ -131,16 +134,19 @@ func (a *agent) modules(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	x, err := kmod.Open(dir)
 	if err != nil {
 		return err
 	}
+	a.log.Debug("module index read", "dir", dir, "took", time.Since(start))
 	a.loader = kmod.NewLoader(x, a.log)
 	linkModprobe(a.log)
 	rep, err := a.loader.Coldplug(ctx, kmod.ColdplugOptions{})
 	if err != nil {
 		return err
 	}
+	a.log.Debug("coldplug", "rounds", rep.Rounds, "took", time.Since(start))
 	if rep.Err != nil {
 		a.log.Warn("some modules did not load", "err", rep.Err)
 	}
@@ -149,12 +155,17 @@ func (a *agent) modules(ctx context.Context) error {
 }
 
 // linkModprobe makes the agent the initramfs's /sbin/modprobe, which the
-// kernel runs to load file systems and ciphers on demand.
+// kernel runs to load file systems and ciphers on demand. The link goes to
+// the path the agent was run by, which in u-root's busybox is its own link
+// to the busybox binary, so that the busybox runs the agent.
 func linkModprobe(log *slog.Logger) {
-	exe, err := os.Executable()
-	if err != nil {
-		log.Warn("no modprobe", "err", err)
-		return
+	exe := os.Args[0]
+	if !filepath.IsAbs(exe) {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			log.Warn("no modprobe", "err", err)
+			return
+		}
 	}
 	if err := os.MkdirAll("/sbin", 0o755); err != nil {
 		log.Warn("no modprobe", "err", err)
@@ -167,6 +178,9 @@ func linkModprobe(log *slog.Logger) {
 
 // network brings up the network. A network that does not come up is not
 // an error: the password unlock needs none.
+// TODO: the network could come up while the ESP is read and the password
+// typed; it runs first so that its console lines come before the prompt
+// and the AD and key server unlockers of the two-stage issue find it up.
 func (a *agent) network(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.NetTimeout)
 	defer cancel()
@@ -211,7 +225,7 @@ func (a *agent) keyFiles(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
 	defer cancel()
-	esp, err := disk.Wait(ctx, disk.Sysfs{}, "the EFI system partition", (*disk.Device).IsESP)
+	esp, err := a.findESP(ctx)
 	if err != nil {
 		return err
 	}
@@ -231,6 +245,26 @@ func (a *agent) keyFiles(ctx context.Context) error {
 	a.files = files
 	a.say("keyfiles: %d on %s", len(files), esp.Path)
 	return nil
+}
+
+// findESP finds the LUKS volume, then the ESP on the same disk: a USB
+// stick's ESP must not stand in for the laptop's own. Only when the volume
+// is not a partition does any ESP do.
+func (a *agent) findESP(ctx context.Context) (*disk.Device, error) {
+	v, err := a.volumeSpec()
+	if err != nil {
+		return nil, err
+	}
+	luks, err := disk.Wait(ctx, disk.Sysfs{}, "UUID="+v.UUID, func(d *disk.Device) bool {
+		return d.Super.Type == disk.TypeLUKS && d.Super.UUID == v.UUID
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.volume, a.luksDev = v, luks
+	return disk.Wait(ctx, disk.Sysfs{}, "the EFI system partition", func(d *disk.Device) bool {
+		return d.IsESP() && (luks.Disk == "" || d.Disk == luks.Disk)
+	})
 }
 
 // loadModule loads a module that a later step needs; the kernel may have
@@ -273,9 +307,9 @@ func describe(f *keyfile.KeyFile) string {
 	return h.Kind.String() + " " + h.ID.String()
 }
 
-// volume returns the LUKS volume to open: the first rd.luks=, or the root
-// device itself when root= names a LUKS volume.
-func (a *agent) volume() (cmdline.LUKS, error) {
+// volumeSpec returns the LUKS volume to open: the first rd.luks=, or the
+// root device itself when root= names it by UUID.
+func (a *agent) volumeSpec() (cmdline.LUKS, error) {
 	if len(a.cmdline.LUKS) > 0 {
 		// TODO: open every rd.luks volume; a second data volume needs its
 		// own keyslot for the same FDE secret.
@@ -291,18 +325,12 @@ var errNoVolume = errors.New("the kernel command line names no LUKS volume (rd.l
 
 func (a *agent) openDisk(ctx context.Context) error {
 	defer a.opened.Close() // wipes the FDE secret
-	v, err := a.volume()
-	if err != nil {
-		return err
-	}
-	a.loadModule("dm-crypt")
-	wctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
-	defer cancel()
-	dev, err := disk.Wait(wctx, disk.Sysfs{}, "UUID="+v.UUID, func(d *disk.Device) bool {
-		return d.Super.Type == disk.TypeLUKS && d.Super.UUID == v.UUID
-	})
-	if err != nil {
-		return err
+	v, dev := a.volume, a.luksDev
+	// LUKS2's default cipher, aes-xts-plain64, loaded here rather than by
+	// the kernel's requests, each of which runs the agent anew as
+	// modprobe; other ciphers still load that way.
+	for _, m := range []string{"dm-crypt", "crypto-xts", "crypto-aes"} {
+		a.loadModule(m)
 	}
 	cs, err := disk.Cryptsetup()
 	if err != nil {
@@ -330,7 +358,9 @@ func (a *agent) mountRoot(ctx context.Context) error {
 	if fstype == "" {
 		fstype = dev.Super.Type
 	}
-	a.loadModule("fs-" + fstype)
+	if fstype != "" {
+		a.loadModule("fs-" + fstype)
+	}
 	if err := disk.MountRoot(dev, newRoot, fstype, a.cmdline.RootFlags, a.cmdline.ReadWrite); err != nil {
 		return err
 	}

@@ -8,9 +8,11 @@
 // path. No failure gives a shell: the agent says what happened in a plain
 // sentence and halts, reboots or powers off as pbn.onfail= says.
 //
-// Run as "modprobe" (the image links /sbin/modprobe to it), it loads the
-// modules the kernel asks for (file systems, ciphers) with their
-// dependencies.
+// Run as anything but PID 1 it is the image's modprobe (the agent links
+// /sbin/modprobe to itself): it loads the modules the kernel asks for (file
+// systems, ciphers) with their dependencies. In u-root's busybox the name
+// it was run by is lost, so the process ID tells the two apart; the boot
+// flow never runs twice.
 package main
 
 import (
@@ -26,7 +28,7 @@ import (
 
 func main() {
 	start := time.Now()
-	if filepath.Base(os.Args[0]) == "modprobe" {
+	if filepath.Base(os.Args[0]) == "modprobe" || os.Getpid() != 1 {
 		os.Exit(modprobe(os.Args[1:], os.Stderr))
 	}
 	// PID 1 must never die of a signal: the kernel panics when it exits.

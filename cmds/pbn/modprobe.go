@@ -18,6 +18,10 @@ func modprobe(args []string, stderr io.Writer) int {
 			names = append(names, a)
 		}
 	}
+	if len(names) == 0 {
+		fmt.Fprintln(stderr, "usage: modprobe [-q] [--] module...; the boot flow runs only as PID 1")
+		return 2
+	}
 	dir, err := kmod.DefaultDir()
 	if err != nil {
 		fmt.Fprintf(stderr, "modprobe: %v\n", err)

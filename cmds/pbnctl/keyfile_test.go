@@ -50,7 +50,7 @@ func TestKeyfileCommands(t *testing.T) {
 		{"open with the password", "correct horse\n", []string{"open", "--password-stdin", kf}, 0, "opens"},
 		{"open with a wrong password", "Correct horse\n", []string{"open", "--password-stdin", kf}, exitWrongSecret, "wrong password"},
 		{"open with the recovery key", rk[1] + "\n", []string{"open", "--recovery-key-stdin", kf}, 0, "opens"},
-		{"open with a mistyped recovery key", "1" + rk[1][1:] + "\n", []string{"open", "--recovery-key-stdin", kf}, exitWrongSecret, "group 1"},
+		{"open with a mistyped recovery key", mistype(rk[1]) + "\n", []string{"open", "--recovery-key-stdin", kf}, exitWrongSecret, "group 1"},
 		{"open with no input", "", []string{"open", "--password-stdin", kf}, exitError, "nothing on standard input"},
 		{"add a password", "correct horse\nsecond password\n", []string{"add-protector", "--password-stdin", fast, "--new", "password", kf}, 0, "generation 2"},
 		{"open with the added password", "second password\n", []string{"open", "--password-stdin", kf}, 0, "opens"},
@@ -113,4 +113,9 @@ func TestKeyfileBadFiles(t *testing.T) {
 	if out, code := pbnctl(t, "", "keyfile", "inspect", filepath.Join(dir, "missing.pbk")); code != exitError {
 		t.Errorf("inspect of a missing file = %d, %q; want %d", code, out, exitError)
 	}
+}
+
+// mistype changes the first digit of a recovery key to another digit.
+func mistype(k string) string {
+	return string('0'+(k[0]-'0'+1)%10) + k[1:]
 }

@@ -41,6 +41,9 @@ type command struct {
 var commands = []command{
 	// One line a command; each command's code lives in its own file.
 	{"keyfile", "create, inspect and open key files; add and remove protectors", runKeyfile},
+	{"ad", "Active Directory checks: ad login", runAD},
+	{"tpm", "look at the TPM, check a key file against it, reseal a key file to it", runTPM},
+	{"tang", "make, rotate, retire and show a Tang key directory", runTang},
 	{"image", "build the pre-boot image (initramfs)", runImage},
 }
 

@@ -315,7 +315,19 @@ func isHex(r rune) bool {
 	return r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r >= 'A' && r <= 'F'
 }
 
+// byLinks are the udev links that name a device by what root= names it
+// with; the image has no udev, so they are read as UUID=, PARTUUID= and
+// LABEL=.
+var byLinks = map[string]DeviceKind{
+	"/dev/disk/by-uuid/": DeviceUUID, "/dev/disk/by-partuuid/": DevicePARTUUID, "/dev/disk/by-label/": DeviceLabel,
+}
+
 func parseDevice(s string) (Device, error) {
+	for prefix, kind := range byLinks {
+		if v, ok := strings.CutPrefix(s, prefix); ok {
+			s = string(kind) + "=" + v
+		}
+	}
 	kind, v, _ := strings.Cut(s, "=")
 	switch DeviceKind(kind) {
 	case DeviceUUID:

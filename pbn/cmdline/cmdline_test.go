@@ -36,6 +36,7 @@ func TestParse(t *testing.T) {
 			Cmdline{LUKS: []LUKS{{uuid, "cryptroot"}}, Root: Device{DevicePARTUUID, uuid},
 				RootFSType: "ext4", RootFlags: "noatime,discard", PBN: defaults()}},
 		{"label and fat serial", "root=LABEL=root", Cmdline{Root: Device{DeviceLabel, "root"}, PBN: defaults()}},
+		{"udev link", "root=/dev/disk/by-partuuid/" + uuidU, Cmdline{Root: Device{DevicePARTUUID, uuid}, PBN: defaults()}},
 		{"fat serial", "root=UUID=ABCD-12ef", Cmdline{Root: Device{DeviceUUID, "abcd-12ef"}, PBN: defaults()}},
 		{"quoted", `pbn.onfail="poweroff" init="/sbin/init"`,
 			Cmdline{Init: "/sbin/init", PBN: func() Options { o := defaults(); o.OnFail = FailPowerOff; return o }()}},

@@ -4,7 +4,6 @@
 package console
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -37,7 +36,7 @@ var (
 // while a password is being typed.
 type Console struct {
 	mu     sync.Mutex
-	in     *bufio.Reader
+	in     io.Reader
 	out    io.Writer
 	fd     int           // the terminal's descriptor, or -1 for plain input
 	saved  *unix.Termios // the terminal's settings before New
@@ -49,7 +48,7 @@ type Console struct {
 // long as the Console is open, so that nothing typed ahead of a prompt
 // shows and Ctrl-C sends no signal; Close restores them.
 func New(in io.Reader, out io.Writer) *Console {
-	c := &Console{in: bufio.NewReaderSize(in, 64), out: out, fd: -1}
+	c := &Console{in: in, out: out, fd: -1}
 	f, ok := in.(*os.File)
 	if !ok {
 		return c
@@ -132,13 +131,17 @@ func (c *Console) Password(prompt string) (secret.Bytes, time.Duration, error) {
 
 func (c *Console) readMasked() (secret.Bytes, error) {
 	pw := make(secret.Bytes, 0, MaxPassword)
+	// One byte at a time, into a buffer wiped after each: a buffered
+	// reader would keep what was typed in a buffer of its own.
+	var buf [1]byte
+	defer clear(buf[:])
 	first := true
 	for {
-		b, err := c.in.ReadByte()
-		if err != nil {
+		if _, err := io.ReadFull(c.in, buf[:]); err != nil {
 			pw.Wipe()
 			return nil, ErrClosed
 		}
+		b := buf[0]
 		skipLF := first && b == '\n' && c.lastCR
 		first = false
 		switch {

@@ -371,3 +371,33 @@ func TestNotFoundSentence(t *testing.T) {
 		t.Errorf("Wait() = %v, want a NotFoundError naming the device", err)
 	}
 }
+
+// TestOpenLUKSKeyOnStdin runs OpenLUKS with a stand-in for cryptsetup, a
+// shell script that records its arguments and standard input: the host has
+// no device-mapper to open a volume with. It checks that the key arrives on
+// standard input whole and never on the command line, and that exit code 2
+// (no keyslot for the key) becomes ErrWrongKey.
+func TestOpenLUKSKeyOnStdin(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "cryptsetup")
+	os.WriteFile(script, []byte("#!/bin/sh\necho \"$@\" > \""+dir+"/args\"\ncat > \""+dir+"/stdin\"\nexit $CODE\n"), 0o755)
+	key := secret.Bytes("\x00binary\nkey\xff with every byte")
+
+	t.Setenv("CODE", "0")
+	if err := OpenLUKS(context.Background(), script, "/dev/vda2", "root", key); err != nil {
+		t.Fatalf("OpenLUKS() = %v", err)
+	}
+	args, _ := os.ReadFile(filepath.Join(dir, "args"))
+	stdin, _ := os.ReadFile(filepath.Join(dir, "stdin"))
+	if got, want := string(args), "open --type luks2 --key-file=- /dev/vda2 root\n"; got != want {
+		t.Errorf("cryptsetup arguments = %q, want %q", got, want)
+	}
+	if !bytes.Equal(stdin, key) {
+		t.Errorf("cryptsetup read %q on stdin, want the key", stdin)
+	}
+
+	t.Setenv("CODE", "2")
+	if err := OpenLUKS(context.Background(), script, "/dev/vda2", "root", key); !errors.Is(err, ErrWrongKey) {
+		t.Errorf("OpenLUKS() with exit code 2 = %v, want ErrWrongKey", err)
+	}
+}

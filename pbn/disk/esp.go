@@ -19,6 +19,8 @@ const KeyDir = "EFI/PBN/keys"
 var ErrNoKeyFiles = errors.New("no usable key file on the EFI system partition")
 
 // MountESP mounts the ESP read-only at dir, creating dir.
+// TODO: the secure moment writes the owner's key file: it will mount the
+// ESP read-write for that step only.
 func MountESP(dev *Device, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("mount esp: %w", err)

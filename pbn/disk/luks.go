@@ -40,11 +40,16 @@ var ErrWrongKey = errors.New("no keyslot of the volume opens with this key")
 // command line or in a file. cryptsetup's exit code 2 (no key available
 // with this passphrase) becomes ErrWrongKey.
 func OpenLUKS(ctx context.Context, cryptsetup, dev, name string, key secret.Bytes) error {
+	stdin, err := keyPipe(key)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer stdin.Close()
 	cmd := exec.CommandContext(ctx, cryptsetup, "open", "--type", "luks2", "--key-file=-", dev, name)
-	cmd.Stdin = bytes.NewReader(key)
+	cmd.Stdin = stdin
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
+	err = cmd.Run()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) && exit.ExitCode() == 2 {
 		return fmt.Errorf("open %s: %w", dev, ErrWrongKey)
@@ -53,6 +58,33 @@ func OpenLUKS(ctx context.Context, cryptsetup, dev, name string, key secret.Byte
 		return fmt.Errorf("open %s: cryptsetup: %w: %s", dev, err, strings.TrimSpace(out.String()))
 	}
 	return nil
+}
+
+// maxKey bounds the key that keyPipe writes: a pipe holds 64 KiB
+// (pipe(7)), so the write completes before anyone reads.
+const maxKey = 64 << 10
+
+// keyPipe returns the read end of a pipe that holds key and then ends. The
+// key goes from its own slice into the kernel's pipe buffer: handing
+// os/exec a reader instead would copy it through a buffer that nothing
+// wipes.
+func keyPipe(key secret.Bytes) (*os.File, error) {
+	if len(key) == 0 || len(key) > maxKey {
+		return nil, fmt.Errorf("key of %d bytes: want 1 to %d", len(key), maxKey)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	_, err = w.Write(key)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("key pipe: %w", err)
+	}
+	return r, nil
 }
 
 // mountFlags are the rootflags= words that are mount(2) flags; the rest go

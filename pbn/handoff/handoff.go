@@ -130,10 +130,35 @@ func SwitchRoot(newRoot, init string, args []string) error {
 	if err := unix.Chdir("/"); err != nil {
 		return fmt.Errorf("switch_root: %w", err)
 	}
+	stdio()
 	if err := unix.Exec(init, args, os.Environ()); err != nil {
 		return fmt.Errorf("switch_root: exec %s: %w", init, err)
 	}
 	return nil
+}
+
+// stdio gives the real init a standard input, output and error on
+// /dev/console where it has none: the kernel opens them only when the
+// initramfs has a /dev/console node of its own.
+func stdio() {
+	var st unix.Stat_t
+	console := -1
+	for fd := 0; fd <= 2; fd++ {
+		if unix.Fstat(fd, &st) == nil {
+			continue
+		}
+		if console < 0 {
+			c, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY, 0)
+			if err != nil {
+				return
+			}
+			console = c
+		}
+		unix.Dup3(console, fd, 0)
+	}
+	if console > 2 {
+		unix.Close(console)
+	}
 }
 
 func checkRoots(newRoot string) error {

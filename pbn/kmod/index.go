@@ -7,10 +7,8 @@
 package kmod
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,33 +78,48 @@ func Open(dir string) (*Index, error) {
 }
 
 func readLines(path string, required bool, parse func([]string) error) error {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) && !required {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("module index: %w", err)
 	}
-	defer f.Close()
-	return scanLines(f, path, parse)
+	return parseLines(string(b), path, parse)
 }
 
-func scanLines(r io.Reader, path string, parse func([]string) error) error {
-	s := bufio.NewScanner(r)
-	s.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for n := 1; s.Scan(); n++ {
-		line := s.Text()
+// parseLines calls parse with the fields of each line that is not empty
+// or a comment. The fields share the text's memory, and one slice holds
+// them for every line, since the index has tens of thousands of lines.
+func parseLines(text, path string, parse func([]string) error) error {
+	fields := make([]string, 0, 64)
+	for n := 1; text != ""; n++ {
+		line, rest, _ := strings.Cut(text, "\n")
+		text = rest
 		if line == "" || line[0] == '#' {
 			continue
 		}
-		if err := parse(strings.Fields(line)); err != nil {
+		fields = appendFields(fields[:0], line)
+		if err := parse(fields); err != nil {
 			return fmt.Errorf("module index: %s:%d: %w", path, n, err)
 		}
 	}
-	if err := s.Err(); err != nil {
-		return fmt.Errorf("module index: %s: %w", path, err)
-	}
 	return nil
+}
+
+func appendFields(fields []string, line string) []string {
+	for {
+		line = strings.TrimLeft(line, " \t")
+		if line == "" {
+			return fields
+		}
+		i := strings.IndexAny(line, " \t")
+		if i < 0 {
+			return append(fields, line)
+		}
+		fields = append(fields, line[:i])
+		line = line[i:]
+	}
 }
 
 // Name returns the module name of a module file's path, as the kernel
@@ -120,7 +133,12 @@ func Name(path string) string {
 	return normalize(base)
 }
 
-func normalize(name string) string { return strings.ReplaceAll(name, "-", "_") }
+func normalize(name string) string {
+	if !strings.Contains(name, "-") {
+		return name
+	}
+	return strings.ReplaceAll(name, "-", "_")
+}
 
 // parseDep reads "kernel/a.ko: kernel/b.ko kernel/c.ko".
 func (x *Index) parseDep(f []string) error {
@@ -130,8 +148,12 @@ func (x *Index) parseDep(f []string) error {
 	path := strings.TrimSuffix(f[0], ":")
 	name := Name(path)
 	x.paths[name] = path
-	for _, d := range f[1:] {
-		x.deps[name] = append(x.deps[name], Name(d))
+	if len(f) > 1 {
+		deps := make([]string, len(f)-1)
+		for i, d := range f[1:] {
+			deps[i] = Name(d)
+		}
+		x.deps[name] = deps
 	}
 	return nil
 }

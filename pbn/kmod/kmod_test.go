@@ -2,10 +2,12 @@ package kmod
 
 import (
 	"context"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -161,9 +163,19 @@ func TestLoadOrder(t *testing.T) {
 	}
 }
 
-func writeModalias(t *testing.T, dir, alias string) {
+// writeModalias adds a device to a fake sysfs: its directory under
+// devices/ and the bus's link to it, as the kernel lays them out.
+func writeModalias(t *testing.T, sys, bus, dev, alias string) {
 	t.Helper()
+	dir := filepath.Join(sys, "devices", dev)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	links := filepath.Join(sys, "bus", bus, "devices")
+	if err := os.MkdirAll(links, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir, filepath.Join(links, filepath.Base(dev))); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "modalias"), []byte(alias+"\n"), 0o444); err != nil {
@@ -176,17 +188,16 @@ func writeModalias(t *testing.T, dir, alias string) {
 // device, whose own driver the second round loads.
 func TestColdplug(t *testing.T) {
 	sys := t.TempDir()
-	pci := filepath.Join(sys, "pci0000:00", "0000:00:03.0")
-	writeModalias(t, pci, "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00")
-	writeModalias(t, filepath.Join(sys, "pci0000:00", "0000:00:04.0"),
-		"pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00")
-	writeModalias(t, filepath.Join(sys, "platform", "nothing"), "platform:no-such-driver")
+	pci := "pci0000:00/0000:00:03.0"
+	writeModalias(t, sys, "pci", pci, "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00")
+	writeModalias(t, sys, "pci", "pci0000:00/0000:00:04.0", "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00")
+	writeModalias(t, sys, "platform", "platform/nothing", "platform:no-such-driver")
 
 	r := &recorder{onLoad: map[string]func(){
-		"virtio_pci": func() { writeModalias(t, filepath.Join(pci, "virtio0"), "virtio:d00000001v00001AF4") },
+		"virtio_pci": func() { writeModalias(t, sys, "virtio", pci+"/virtio0", "virtio:d00000001v00001AF4") },
 	}}
 	l := newTestLoader(t, r)
-	rep, err := l.Coldplug(context.Background(), ColdplugOptions{SysDevices: sys})
+	rep, err := l.Coldplug(context.Background(), ColdplugOptions{Sysfs: sys})
 	if err != nil {
 		t.Fatalf("Coldplug() = %v", err)
 	}
@@ -210,21 +221,48 @@ func TestColdplugBounded(t *testing.T) {
 	// round limit must end it.
 	drivers := []string{"pci:v00008086d0000100Esv*", "virtio:d00000001v00001AF4", "virtio:d00000002v00001AF4",
 		"pci:v000010ECd00008168sv000017AAsd00003801bc02sc00i00", "pci:v00008086d000015F3sv00008086sd00000000bc02sc00i00"}
-	writeModalias(t, filepath.Join(sys, "d0"), "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00")
+	writeModalias(t, sys, "pci", "d0", "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00")
 	r = &recorder{onLoad: map[string]func(){}}
 	for _, m := range []string{"e1000", "virtio_net", "virtio_blk", "r8169"} {
 		r.onLoad[m] = func() {
 			n++
-			writeModalias(t, filepath.Join(sys, "d"+string(rune('0'+n))), drivers[n])
+			writeModalias(t, sys, "pci", "d"+string(rune('0'+n)), drivers[n])
 		}
 	}
 	l := newTestLoader(t, r)
-	rep, err := l.Coldplug(context.Background(), ColdplugOptions{SysDevices: sys, MaxRounds: 3})
+	rep, err := l.Coldplug(context.Background(), ColdplugOptions{Sysfs: sys, MaxRounds: 3})
 	if err != nil {
 		t.Fatalf("Coldplug() = %v", err)
 	}
 	if rep.Rounds != 3 || len(rep.Modules) != 3 {
 		t.Errorf("Coldplug() = %d rounds, modules %v; want 3 rounds of one module each", rep.Rounds, rep.Modules)
+	}
+}
+
+// TestModaliasesHost checks on this machine's sysfs that Modaliases finds
+// every modalias that a walk of all of /sys/devices finds.
+func TestModaliasesHost(t *testing.T) {
+	want := map[string]bool{}
+	filepath.WalkDir("/sys/devices", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Name() == "modalias" && d.Type().IsRegular() {
+			if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+				want[strings.TrimSpace(string(b))] = true
+			}
+		}
+		return nil
+	})
+	got, err := Modaliases("/sys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want) == 0 {
+		t.Skip("this machine's sysfs shows no modalias")
+	}
+	for _, a := range got {
+		delete(want, a)
+	}
+	for a := range want {
+		t.Errorf("Modaliases(/sys) misses %q", a)
 	}
 }
 
@@ -243,7 +281,7 @@ func BenchmarkOpenIndex(b *testing.B) {
 // BenchmarkMatchHost matches every modalias of this machine's devices.
 func BenchmarkMatchHost(b *testing.B) {
 	x := installedIndex(b)
-	aliases, err := Modaliases("/sys/devices")
+	aliases, err := Modaliases("/sys")
 	if err != nil {
 		b.Fatal(err)
 	}

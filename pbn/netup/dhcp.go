@@ -27,6 +27,10 @@ func dhcp4(ctx context.Context, cfg Config, link string) (*config, error) {
 		return nil, fmt.Errorf("dhcp client: %w", err)
 	}
 	defer c.Close()
+	// TODO: the lease is not renewed; the agent hands over to the OS,
+	// whose own DHCP client takes over, long before any lease expires.
+	// A secure moment held open for hours would need RFC 2131 section
+	// 4.4.5's renewal.
 	lease, err := c.Request(ctx)
 	if err != nil {
 		return nil, ctxErr(ctx, err)
@@ -99,6 +103,9 @@ func dhcp6(ctx context.Context, cfg Config, link string) (*config, error) {
 // newClient6 opens the DHCPv6 client once the link-local address has
 // passed duplicate address detection (RFC 4862 section 5.4), which the
 // socket needs.
+// TODO: detection takes one to two seconds, so DHCPv6 never wins against
+// a DHCPv4 server on the same LAN; an optimistic address (RFC 4429) would
+// let it start at once.
 func newClient6(ctx context.Context, cfg Config, link string) (*nclient6.Client, error) {
 	for {
 		c, err := nclient6.New(link, nclient6.WithTimeout(cfg.Retransmit), nclient6.WithRetry(dhcpRetries))

@@ -137,6 +137,9 @@ func Up(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil || len(attempts) == 0 {
 		return nil, err
 	}
+	if err := waitRandom(ctx); err != nil {
+		return nil, err
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -151,7 +154,7 @@ func Up(ctx context.Context, cfg Config) (*Result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, hadCarrier, err := try(ctx, cfg, a, func(c *config) error {
+			hadCarrier, err := try(ctx, cfg, a, func(c *config) error {
 				mu.Lock()
 				defer mu.Unlock()
 				if winner != nil || ctx.Err() != nil {
@@ -169,7 +172,7 @@ func Up(ctx context.Context, cfg Config) (*Result, error) {
 			if hadCarrier {
 				carrier[a.link.Attrs().Name] = true
 			}
-			if err != nil && res == nil && !errors.Is(err, errLost) {
+			if err != nil && !errors.Is(err, errLost) {
 				errs = append(errs, fmt.Errorf("%s %s: %w", a.link.Attrs().Name, a.method, err))
 			}
 		}()
@@ -261,15 +264,16 @@ func attemptsFor(l netlink.Link, ip cmdline.IP) []attempt {
 }
 
 // try sets the link up, waits for its carrier and configures it with
-// commit, which applies the configuration unless another attempt won.
-func try(ctx context.Context, cfg Config, a attempt, commit func(*config) error) (*Result, bool, error) {
+// commit, which applies the configuration unless another attempt won. It
+// reports whether the link had a carrier.
+func try(ctx context.Context, cfg Config, a attempt, commit func(*config) error) (bool, error) {
 	name := a.link.Attrs().Name
 	cfg.Log.Debug("link up", "link", name, "method", a.method)
 	if err := linkUp(a.link, a.ip); err != nil {
-		return nil, false, err
+		return false, err
 	}
 	if err := waitCarrier(ctx, a.link, cfg.CarrierTimeout); err != nil {
-		return nil, false, err
+		return false, err
 	}
 	cfg.Log.Debug("carrier", "link", name, "method", a.method)
 
@@ -284,15 +288,12 @@ func try(ctx context.Context, cfg Config, a attempt, commit func(*config) error)
 		c = static(a.ip)
 	}
 	if err != nil {
-		return nil, true, err
+		return true, err
 	}
 	cfg.Log.Debug("configured", "link", name, "method", a.method, "address", c.Address)
 	c.Link = name
 	c.DNS = appendNameservers(c.DNS, a.ip.DNS, cfg.Nameservers)
-	if err := commit(c); err != nil {
-		return nil, true, err
-	}
-	return &c.Result, true, nil
+	return true, commit(c)
 }
 
 func static(ip cmdline.IP) *config {

@@ -1,0 +1,89 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Event is one entry of the audit trail. The trail is append-only: the
+// store's API has no way to change or remove an event, and both databases
+// refuse UPDATE and DELETE on it with a trigger.
+type Event struct {
+	// Seq orders the trail; it grows with every event, across every pbnd
+	// sharing the database.
+	Seq  int64     `json:"seq"`
+	Time time.Time `json:"time"`
+	// Kind names what happened: "enroll", "unlock", "claim", "revoke",
+	// "recovery", "device-state", "policy" and others.
+	Kind string `json:"kind"`
+	// Device is the device concerned, in hex; empty when none is.
+	Device string `json:"device,omitempty"`
+	// Actor is who did it: "device", an administrator's name, or a user's
+	// UPN.
+	Actor string `json:"actor"`
+	// Remote is the client's network address.
+	Remote string `json:"remote,omitempty"`
+	// Detail holds what else matters to the event (a reason, a binding).
+	// It never holds a secret.
+	Detail map[string]string `json:"detail,omitempty"`
+}
+
+// Append adds e to the audit trail, stamped with the current time, and
+// returns it with its Seq and Time.
+func (s *Store) Append(ctx context.Context, e Event) (Event, error) {
+	e.Time = s.now().UTC()
+	detail, err := json.Marshal(e.Detail)
+	if err != nil {
+		return e, fmt.Errorf("store: audit %s: %w", e.Kind, err)
+	}
+	err = s.db.QueryRowContext(ctx, `INSERT INTO audit (at, kind, device_id, actor, remote, detail)
+		VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq`,
+		stamp(e.Time), e.Kind, e.Device, e.Actor, e.Remote, string(detail)).Scan(&e.Seq)
+	if err != nil {
+		return e, fmt.Errorf("store: audit %s: %w", e.Kind, err)
+	}
+	return e, nil
+}
+
+// Events returns up to limit events with a Seq above after, oldest first.
+func (s *Store) Events(ctx context.Context, after int64, limit int) ([]Event, error) {
+	return s.events(ctx, `SELECT seq, at, kind, device_id, actor, remote, detail FROM audit
+		WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit)
+}
+
+// Tail returns the last n events, oldest first.
+func (s *Store) Tail(ctx context.Context, n int) ([]Event, error) {
+	es, err := s.events(ctx, `SELECT seq, at, kind, device_id, actor, remote, detail FROM audit
+		ORDER BY seq DESC LIMIT $1`, n)
+	slices.Reverse(es)
+	return es, err
+}
+
+func (s *Store) events(ctx context.Context, q string, args ...any) ([]Event, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: audit trail: %w", err)
+	}
+	defer rows.Close()
+	var es []Event
+	for rows.Next() {
+		var e Event
+		var at int64
+		var detail string
+		if err := rows.Scan(&e.Seq, &at, &e.Kind, &e.Device, &e.Actor, &e.Remote, &detail); err != nil {
+			return nil, fmt.Errorf("store: audit trail: %w", err)
+		}
+		e.Time = unstamp(at)
+		if err := json.Unmarshal([]byte(detail), &e.Detail); err != nil {
+			return nil, fmt.Errorf("store: audit trail: event %d: %w", e.Seq, err)
+		}
+		es = append(es, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: audit trail: %w", err)
+	}
+	return es, nil
+}

@@ -1,0 +1,163 @@
+// Package store keeps the key server's data: devices, provisioning key file
+// bindings, owners, escrowed recovery keys, server-held keys, policies per
+// device group, administrators, and the append-only audit trail.
+//
+// Two databases are supported behind one API: SQLite (modernc.org/sqlite, one
+// file, no set-up) by default, and PostgreSQL (pgx) for fleets that need
+// several key servers. Nothing the store needs is kept in process memory, so
+// several pbnd processes on one PostgreSQL database serve the same fleet.
+//
+// Secrets (escrowed recovery keys, the enterprise key, group keys) are sealed
+// under a master key that is kept outside the database ([LoadMasterKey]): a
+// stolen database alone reveals none of them.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+	_ "modernc.org/sqlite"             // registers the "sqlite" driver
+
+	"github.com/pbn-project/pbn/pbn/secret"
+)
+
+// Errors that callers branch on.
+var (
+	// ErrNotFound is returned by the lookups (Device, DeviceByKey, Binding,
+	// Admin) and by the state changes when the row does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrTooManyUsers is returned by AddOwner when the device already has
+	// as many users as its policy allows.
+	ErrTooManyUsers = errors.New("the device has as many users as its policy allows")
+	// ErrDeviceLost is returned by PutDevice for a device marked lost: a
+	// lost device is never enrolled again without an administrator first
+	// retiring it.
+	ErrDeviceLost = errors.New("the device is marked lost")
+	// ErrSealed is returned when a sealed secret does not open under the
+	// master key: the wrong master key, or a database changed by hand.
+	ErrSealed = errors.New("a sealed secret does not open under the master key")
+)
+
+// dialect is the database behind a Store.
+type dialect int
+
+const (
+	sqliteDB dialect = iota
+	postgresDB
+)
+
+// Store is the key server's database. Its methods are safe for concurrent
+// use, also by several processes sharing one PostgreSQL database.
+type Store struct {
+	db      *sql.DB
+	dialect dialect
+	seal    *sealer
+	now     func() time.Time
+	log     *slog.Logger
+}
+
+// Options tunes Open.
+type Options struct {
+	// Log receives the store's messages (migrations applied); nil discards
+	// them.
+	Log *slog.Logger
+}
+
+// Open opens the database that dsn names, applies pending schema
+// migrations, and returns the store. A dsn starting with postgres:// or
+// postgresql:// is a PostgreSQL connection string (pgx's syntax); anything
+// else is the path of an SQLite database file, created when missing.
+// masterKey seals and opens secrets; Open keeps a copy, and Close wipes it.
+func Open(ctx context.Context, dsn string, masterKey secret.Bytes, opts Options) (*Store, error) {
+	seal, err := newSealer(masterKey)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{seal: seal, now: time.Now, log: opts.Log}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		s.dialect = postgresDB
+		s.db, err = sql.Open("pgx", dsn)
+	} else {
+		s.dialect = sqliteDB
+		s.db, err = sql.Open("sqlite", sqliteDSN(dsn))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		s.db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// sqliteDSN makes a modernc.org/sqlite connection string for the file at
+// path: WAL so readers do not block the writer, a busy timeout so that
+// concurrent writers wait instead of failing, and immediate transactions so
+// that a read-then-write transaction never fails half-way on a lock upgrade.
+func sqliteDSN(path string) string {
+	return "file:" + path + "?_txlock=immediate" +
+		"&_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)" +
+		"&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)"
+}
+
+// Close closes the database and wipes the master key.
+func (s *Store) Close() error {
+	s.seal.wipe()
+	return s.db.Close()
+}
+
+// Ping checks that the database answers, for health checks.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.db.PingContext(ctx)
+}
+
+// tx runs fn in a transaction and commits it when fn returns nil.
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// stamp is how times are stored: Unix nanoseconds, the same in both
+// databases.
+func stamp(t time.Time) int64 { return t.UTC().UnixNano() }
+
+// unstamp turns a stored time back into a time.Time; zero stays zero.
+func unstamp(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// oneRow turns "no rows changed" into ErrNotFound.
+func oneRow(res sql.Result, err error) error {
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}

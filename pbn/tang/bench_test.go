@@ -1,0 +1,177 @@
+package tang
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Load of the exchange benchmark: concurrent clients, and exchanges per
+// server per benchmark iteration.
+const (
+	benchClients  = 8
+	benchPerRound = 300
+)
+
+// BenchmarkTangExchangeP521 is one load generator driving Tang-protocol
+// exchanges (POST /rec) on P-521, each on a fresh TCP connection, against
+// the PBN handler and, in the same run, against Debian's tangd run as
+// Debian runs it, one process per connection (socat's fork standing in
+// for systemd's socket activation). Both serve the same key directory,
+// made by tangd-keygen. It reports exchanges a second and the p50 and p99
+// latency of each; tangd's are the baseline.
+func BenchmarkTangExchangeP521(b *testing.B) {
+	dir, pin := tangdKeys(b)
+	tangdURL := startTangd(b, dir)
+	_, srv := serve(b, mustLoad(b, dir))
+
+	pbn, tangd := newLoad(b, srv.URL, pin), newLoad(b, tangdURL, pin)
+	for range b.N {
+		pbn.run(b, benchPerRound)
+		tangd.run(b, benchPerRound)
+	}
+	pbn.report(b, "")
+	tangd.report(b, "baseline-")
+}
+
+// A load is the fresh-connection exchanges sent to one server and their
+// latencies.
+type load struct {
+	addr    string
+	request []byte
+	lat     []time.Duration
+	elapsed time.Duration
+}
+
+// newLoad prepares one /rec request to the server's P-521 exchange key;
+// every exchange sends it again, so the load generator does no
+// arithmetic of its own.
+func newLoad(b *testing.B, base string, pin []byte) *load {
+	b.Helper()
+	keys, err := (&Client{}).Advertisement(testContext(b), base, pin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	i := slices.IndexFunc(keys, func(k ExchangeKey) bool { return k.Curve == p521.name })
+	if i < 0 {
+		b.Fatalf("%s advertises no P-521 exchange key", base)
+	}
+	e, err := p521.ecdh.GenerateKey(rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := publicJWK(p521, e.PublicKey().Bytes(), algExchange).marshal()
+	u, err := url.Parse(base)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := fmt.Sprintf("POST /rec/%s HTTP/1.1\r\nHost: %s\r\n"+
+		"Content-Type: application/jwk+json\r\nContent-Length: %d\r\n"+
+		"Connection: close\r\n\r\n%s", keys[i].ID, u.Host, len(body), body)
+	return &load{addr: u.Host, request: []byte(req)}
+}
+
+// run sends n exchanges from benchClients concurrent clients.
+func (l *load) run(b *testing.B, n int) {
+	b.Helper()
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		errs []error
+	)
+	next := make(chan struct{}, n)
+	for range n {
+		next <- struct{}{}
+	}
+	close(next)
+	start := time.Now()
+	for range benchClients {
+		wg.Go(func() {
+			for range next {
+				d, err := l.exchange()
+				mu.Lock()
+				l.lat = append(l.lat, d)
+				if err != nil {
+					errs = append(errs, err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	l.elapsed += time.Since(start)
+	if len(errs) > 0 {
+		b.Fatalf("%d of %d exchanges with %s failed, the first: %v", len(errs), n, l.addr, errs[0])
+	}
+}
+
+// exchange does one exchange on a fresh connection and returns its
+// latency, connection set-up included.
+func (l *load) exchange() (time.Duration, error) {
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", l.addr, 10*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(start.Add(30 * time.Second))
+	if _, err := c.Write(l.request); err != nil {
+		return 0, err
+	}
+	// tangd reads requests until the client closes, so the reply ends at
+	// its Content-Length, not at the end of the connection.
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0, err
+	}
+	reply, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(reply, []byte(`"x":`)) {
+		return 0, fmt.Errorf("reply %s %.40q, want 200 with a JWK", resp.Status, reply)
+	}
+	return time.Since(start), nil
+}
+
+func (l *load) report(b *testing.B, prefix string) {
+	slices.Sort(l.lat)
+	pct := func(p float64) float64 {
+		return float64(l.lat[int(p*float64(len(l.lat)-1))]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(float64(len(l.lat))/l.elapsed.Seconds(), prefix+"exchanges/s")
+	b.ReportMetric(pct(0.50), prefix+"p50-ms")
+	b.ReportMetric(pct(0.99), prefix+"p99-ms")
+}
+
+// BenchmarkExchange measures the exchange primitive alone, Keys.Exchange:
+// one scalar multiplication and the point check, without HTTP. PBN mode
+// uses P-256, so the key server's benchmark can compare against it.
+func BenchmarkExchange(b *testing.B) {
+	_, ks := newKeyDir(b)
+	for _, crv := range []*curve{p256, p521} {
+		b.Run(crv.name, func(b *testing.B) {
+			key, _ := ks.ExchangeKey(crv.name)
+			e, err := crv.ecdh.GenerateKey(rand.Reader)
+			if err != nil {
+				b.Fatal(err)
+			}
+			x := e.PublicKey().Bytes()
+			for b.Loop() {
+				if _, err := ks.Exchange(key.ID, x); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "exchanges/s")
+		})
+	}
+}

@@ -209,11 +209,11 @@ func (l *Lab) start(name string, cmd *exec.Cmd, netns bool) (*Process, error) {
 		return nil, fmt.Errorf("lab: starting %s: the lab is closed", name)
 	}
 	if netns {
-		cmd.Args = append([]string{"ip", "netns", "exec", l.Name}, cmd.Args...)
-		cmd.Path = "/usr/bin/ip"
-		if p, err := exec.LookPath("ip"); err == nil {
-			cmd.Path = p
+		ipPath, err := lookSbin("ip")
+		if err != nil {
+			return nil, err
 		}
+		cmd.Path, cmd.Args = ipPath, append([]string{ipPath, "netns", "exec", l.Name}, cmd.Args...)
 	}
 	// Should the test binary die, the kernel kills the process too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}

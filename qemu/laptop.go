@@ -123,10 +123,13 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 	if err != nil {
 		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
 	}
-	stdout, err := cmd.StdoutPipe()
+	// A pipe of our own, not StdoutPipe: Wait closes that one when QEMU
+	// exits, and the console would lose the guest's last lines.
+	stdout, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
 	}
+	cmd.Stdout = w
 	log, err := os.Create(filepath.Join(dir, "qemu.log"))
 	if err != nil {
 		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
@@ -138,10 +141,16 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 		copyTo = io.MultiWriter(log, c)
 	}
 	m.Console = newConsole(stdin, copyTo)
-	if m.qemu, err = l.Start("qemu "+name, cmd); err != nil {
+	m.qemu, err = l.Start("qemu "+name, cmd)
+	w.Close()
+	if err != nil {
+		stdout.Close()
 		return nil, err
 	}
-	go m.Console.read(stdout)
+	go func() {
+		m.Console.read(stdout)
+		stdout.Close()
+	}()
 	return m, nil
 }
 

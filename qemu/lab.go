@@ -22,6 +22,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,6 +94,7 @@ func New(ctx context.Context, opts Options) (lab *Lab, err error) {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+	sweep(ctx, l.log)
 	if l.Dir, err = os.MkdirTemp("", l.Name+"-"); err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
@@ -119,6 +122,37 @@ func New(ctx context.Context, opts Options) (lab *Lab, err error) {
 	}
 	l.log.Info("lab up", "netns", l.Name, "bridge", bridge)
 	return l, nil
+}
+
+// labName matches the name of a lab: its process ID and number.
+var labName = regexp.MustCompile(`^pbn([0-9]+)-[0-9]+$`)
+
+// sweep removes what labs of processes that no longer run left behind: a
+// test binary killed at its timeout runs no cleanup. Its processes died
+// with it (they run with a parent-death signal), but the namespaces and
+// directories stay. A lab whose process ID runs again, as another
+// program, is left alone.
+func sweep(ctx context.Context, log *slog.Logger) {
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		m := labName.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		pid, err := strconv.Atoi(m[1])
+		if err != nil || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			continue
+		}
+		if err := ip(ctx, "netns", "delete", e.Name()); err != nil {
+			log.Warn("sweeping a stale lab", "netns", e.Name(), "err", err)
+			continue
+		}
+		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), e.Name()+"-*"))
+		for _, d := range dirs {
+			os.RemoveAll(d)
+		}
+		log.Info("swept a stale lab", "netns", e.Name())
+	}
 }
 
 // ip runs ip(8) with args.

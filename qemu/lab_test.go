@@ -255,3 +255,31 @@ func checkClosed(t *testing.T, lab *Lab, pids []int) {
 		t.Errorf("second Close = %v, want nil", err)
 	}
 }
+
+// TestNewSweepsStaleLabs leaves a namespace and a directory named like the
+// lab of a process that has exited, as a test binary killed at its
+// timeout does, and checks that the next lab removes them.
+func TestNewSweepsStaleLabs(t *testing.T) {
+	needLab(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("pbn%d-1", dead.Process.Pid)
+	if err := ip(context.Background(), "netns", "add", stale); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "delete", stale).Run() })
+	dir, err := os.MkdirTemp("", stale+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	newLab(t)
+	if _, err := os.Stat(filepath.Join("/run/netns", stale)); !os.IsNotExist(err) {
+		t.Errorf("stale namespace %s after New: %v, want it gone", stale, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("stale directory %s after New: %v, want it gone", dir, err)
+	}
+}

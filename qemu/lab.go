@@ -264,6 +264,10 @@ func (l *Lab) start(name string, cmd *exec.Cmd, netns bool) (*Process, error) {
 	return p, nil
 }
 
+// TODO: a PXE and TFTP service (dnsmasq's --enable-tftp with iPXE) for
+// laptops that boot the image from the network; the PXE story needs it,
+// and LaptopOptions would then boot without Kernel and Initrd.
+
 // Close stops every process the lab started, newest first, and removes the
 // namespace with its bridge and taps, and the lab's directory. It is safe
 // to call more than once.

@@ -6,7 +6,7 @@ OUT      ?= out
 TESTFLAGS ?= -count=1 -p 2 -timeout 75m
 FUZZTIME ?= 60s
 
-.PHONY: all deps build test vet bench demo fuzz clean
+.PHONY: all deps build test vet bench demo fuzz clean image
 
 all: build
 
@@ -28,6 +28,11 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 -p 1 ./... | tee $(OUT)/bench.txt
 	$(GO) run ./internal/benchjson < $(OUT)/bench.txt > $(OUT)/bench.json
 	@$(GO) run ./internal/benchjson -table < $(OUT)/bench.txt
+
+# The pre-boot image for the installed kernel, with its size report.
+image: deps
+	@mkdir -p $(OUT)
+	$(GO) run ./cmds/pbnctl image build -o $(OUT)/pbn.img -report $(OUT)/pbn.img.txt
 
 demo: deps
 	$(GO) run ./qemu/demo

@@ -23,6 +23,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/u-root/gobusybox/src/pkg/golang"
@@ -128,6 +129,9 @@ func Build(ctx context.Context, cfg Config, w io.Writer) (*Report, error) {
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Compression != "" && !slices.Contains(Compressions, cfg.Compression) {
+		return nil, fmt.Errorf("building the image: unknown compression %q", cfg.Compression)
 	}
 	k, err := FindKernel(cfg.Kernel)
 	if err != nil {
@@ -286,6 +290,8 @@ func assemble(ctx context.Context, cfg Config, c *contents, tmp string, log *slo
 		BaseArchive: &initramfs.Archive{Archive: base},
 		InitCmd:     path.Base(agent),
 	}
+	// TODO: mkuimage runs the go tool without a context, so a cancelled
+	// build still runs its compile to the end; only the start is checked.
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("building the image: %w", err)
 	}

@@ -16,9 +16,6 @@ import (
 	"github.com/pbn-project/pbn/internal/testenv"
 )
 
-// testAgent is the agent the tests build into their image.
-const testAgent = "github.com/pbn-project/pbn/initramfs/testdata/probe"
-
 // fixture is the image every test here shares: building one takes tens
 // of seconds on two cores.
 var fixture struct {
@@ -29,8 +26,8 @@ var fixture struct {
 	err    error
 }
 
-// testConfig is the configuration of the shared image: the test agent and
-// a configuration file.
+// testConfig is the configuration of the shared image: the agent and a
+// configuration file.
 func testConfig(t testing.TB) Config {
 	t.Helper()
 	testenv.Command(t, "go")
@@ -45,7 +42,7 @@ func testConfig(t testing.TB) Config {
 	if err := os.WriteFile(conf, []byte("server = pbnd.lab\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return Config{Agent: testAgent, Dir: "..", Files: []File{{Src: conf, Dst: "etc/pbn/pbn.conf"}}}
+	return Config{Dir: "..", Files: []File{{Src: conf, Dst: "etc/pbn/pbn.conf"}}}
 }
 
 func testImage(t testing.TB) ([]byte, *Report, Config) {
@@ -124,7 +121,7 @@ func TestBuildContents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"init", "bbin/bb", "bbin/probe", "dev/console", CryptsetupPath,
+	want := []string{"init", "bbin/bb", "bbin/pbn", "dev/console", CryptsetupPath,
 		"etc/pbn/pbn.conf", mods + "modules.dep", mods + "modules.alias", mods + "modules.builtin"}
 	for _, lib := range libs {
 		want = append(want, strings.TrimPrefix(lib, "/"))
@@ -134,8 +131,8 @@ func TestBuildContents(t *testing.T) {
 			t.Errorf("image lacks %s", name)
 		}
 	}
-	if got := string(content["init"]); got != "bbin/probe" {
-		t.Errorf("/init links to %q, want bbin/probe", got)
+	if got := string(content["init"]); got != "bbin/pbn" {
+		t.Errorf("/init links to %q, want bbin/pbn", got)
 	}
 	if got := string(content["etc/pbn/pbn.conf"]); got != "server = pbnd.lab\n" {
 		t.Errorf("etc/pbn/pbn.conf = %q, want the host file", got)
@@ -232,5 +229,27 @@ func BenchmarkCompression(b *testing.B) {
 			}
 			b.ReportMetric(float64(len(z))/(1<<20), "MiB")
 		})
+	}
+}
+
+// BenchmarkImageSize reports the image's compressed size beside Debian's
+// own initramfs for the same kernel (/boot/initrd.img-KVER, made by
+// initramfs-tools), and the size of each part.
+func BenchmarkImageSize(b *testing.B) {
+	img, rep, _ := testImage(b)
+	debian, err := os.Stat(rep.Kernel.Initrd)
+	if rep.Kernel.Initrd == "" || err != nil {
+		b.Skipf("no Debian initramfs for %s to compare with", rep.Kernel.Version)
+	}
+	for b.Loop() {
+		// The figures come from the shared build; there is nothing to
+		// repeat.
+	}
+	b.ReportMetric(float64(len(img))/(1<<20), "MiB")
+	b.ReportMetric(float64(debian.Size())/(1<<20), "baseline-MiB")
+	for _, p := range rep.Parts {
+		if p.Compressed > 0 && p.Part != PartOther {
+			b.ReportMetric(float64(p.Compressed)/(1<<20), string(p.Part)+"-MiB")
+		}
 	}
 }

@@ -1,11 +1,13 @@
 package initramfs
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -37,9 +39,7 @@ func FindKernel(version string) (Kernel, error) {
 		if len(versions) == 0 {
 			return Kernel{}, fmt.Errorf("finding the kernel: %w (install linux-image-amd64)", ErrNoKernel)
 		}
-		// TODO: compare versions numerically, as dpkg does: with two
-		// kernels installed, 6.1.0-9 would win over 6.1.0-57 here.
-		slices.Sort(versions)
+		slices.SortFunc(versions, compareVersions)
 		version = versions[len(versions)-1]
 	}
 
@@ -57,6 +57,36 @@ func FindKernel(version string) (Kernel, error) {
 		k.Initrd = initrd
 	}
 	return k, nil
+}
+
+// compareVersions orders kernel releases by their runs of digits as
+// numbers and the rest as text, so that 6.1.0-57 comes after 6.1.0-9.
+func compareVersions(a, b string) int {
+	for a != "" && b != "" {
+		ra, rb := leadingRun(a), leadingRun(b)
+		na, errA := strconv.Atoi(ra)
+		nb, errB := strconv.Atoi(rb)
+		c := strings.Compare(ra, rb)
+		if errA == nil && errB == nil {
+			c = cmp.Compare(na, nb)
+		}
+		if c != 0 {
+			return c
+		}
+		a, b = a[len(ra):], b[len(rb):]
+	}
+	return cmp.Compare(len(a), len(b))
+}
+
+// leadingRun returns the run of digits, or of other bytes, that s starts
+// with.
+func leadingRun(s string) string {
+	digit := func(c byte) bool { return '0' <= c && c <= '9' }
+	i := 1
+	for i < len(s) && digit(s[i]) == digit(s[0]) {
+		i++
+	}
+	return s[:i]
 }
 
 func fileExists(p string) bool {

@@ -104,7 +104,7 @@ func parseSoftdep(r io.Reader) (map[string][]string, error) {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 2 || f[0] != "softdep" {
+		if len(f) < 2 || f[0] != "softdep" || strings.HasSuffix(f[1], ":") {
 			continue
 		}
 		name := strings.ReplaceAll(f[1], "-", "_")

@@ -82,11 +82,13 @@ func (rep *Report) measure(archive []byte) error {
 		}
 	}
 	for _, p := range Parts {
-		z, err := rep.Compression.compress(content[p].Bytes())
-		if err != nil {
-			return err
+		if content[p].Len() > 0 {
+			z, err := rep.Compression.compress(content[p].Bytes())
+			if err != nil {
+				return err
+			}
+			sizes[p].Compressed = int64(len(z))
 		}
-		sizes[p].Compressed = int64(len(z))
 		rep.Parts = append(rep.Parts, *sizes[p])
 	}
 	return nil

@@ -16,11 +16,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,7 +62,8 @@ type Lab struct {
 	// Dir is the lab's working directory: sockets, leases, logs.
 	Dir string
 
-	log *slog.Logger
+	log     *slog.Logger
+	console io.Writer
 
 	mu      sync.Mutex
 	procs   []*Process
@@ -73,6 +77,9 @@ type Lab struct {
 type Options struct {
 	// Log receives what the lab does; nil discards it.
 	Log *slog.Logger
+	// Console receives the console output of every laptop whose
+	// LaptopOptions name no Console of its own.
+	Console io.Writer
 }
 
 // New makes a lab: a network namespace holding a bridge, up, with the
@@ -80,12 +87,14 @@ type Options struct {
 // error nothing is left behind.
 func New(ctx context.Context, opts Options) (lab *Lab, err error) {
 	l := &Lab{
-		Name: fmt.Sprintf("pbn%d-%d", os.Getpid(), labs.Add(1)),
-		log:  opts.Log,
+		Name:    fmt.Sprintf("pbn%d-%d", os.Getpid(), labs.Add(1)),
+		log:     opts.Log,
+		console: opts.Console,
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+	sweep(ctx, l.log)
 	if l.Dir, err = os.MkdirTemp("", l.Name+"-"); err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
@@ -113,6 +122,37 @@ func New(ctx context.Context, opts Options) (lab *Lab, err error) {
 	}
 	l.log.Info("lab up", "netns", l.Name, "bridge", bridge)
 	return l, nil
+}
+
+// labName matches the name of a lab: its process ID and number.
+var labName = regexp.MustCompile(`^pbn([0-9]+)-[0-9]+$`)
+
+// sweep removes what labs of processes that no longer run left behind: a
+// test binary killed at its timeout runs no cleanup. Its processes died
+// with it (they run with a parent-death signal), but the namespaces and
+// directories stay. A lab whose process ID runs again, as another
+// program, is left alone.
+func sweep(ctx context.Context, log *slog.Logger) {
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		m := labName.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		pid, err := strconv.Atoi(m[1])
+		if err != nil || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
+			continue
+		}
+		if err := ip(ctx, "netns", "delete", e.Name()); err != nil {
+			log.Warn("sweeping a stale lab", "netns", e.Name(), "err", err)
+			continue
+		}
+		dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), e.Name()+"-*"))
+		for _, d := range dirs {
+			os.RemoveAll(d)
+		}
+		log.Info("swept a stale lab", "netns", e.Name())
+	}
 }
 
 // ip runs ip(8) with args.
@@ -203,11 +243,11 @@ func (l *Lab) start(name string, cmd *exec.Cmd, netns bool) (*Process, error) {
 		return nil, fmt.Errorf("lab: starting %s: the lab is closed", name)
 	}
 	if netns {
-		cmd.Args = append([]string{"ip", "netns", "exec", l.Name}, cmd.Args...)
-		cmd.Path = "/usr/bin/ip"
-		if p, err := exec.LookPath("ip"); err == nil {
-			cmd.Path = p
+		ipPath, err := lookSbin("ip")
+		if err != nil {
+			return nil, err
 		}
+		cmd.Path, cmd.Args = ipPath, append([]string{ipPath, "netns", "exec", l.Name}, cmd.Args...)
 	}
 	// Should the test binary die, the kernel kills the process too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
@@ -223,6 +263,10 @@ func (l *Lab) start(name string, cmd *exec.Cmd, netns bool) (*Process, error) {
 	l.log.Info("started", "name", name, "pid", cmd.Process.Pid)
 	return p, nil
 }
+
+// TODO: a PXE and TFTP service (dnsmasq's --enable-tftp with iPXE) for
+// laptops that boot the image from the network; the PXE story needs it,
+// and LaptopOptions would then boot without Kernel and Initrd.
 
 // Close stops every process the lab started, newest first, and removes the
 // namespace with its bridge and taps, and the lab's directory. It is safe
@@ -257,14 +301,15 @@ func (l *Lab) onClose(f func() error) {
 
 // StartDHCP starts dnsmasq on the bridge as the LAN's DHCPv4 server (RFC
 // 2131), handing out addresses of Subnet with Gateway as the router. It
-// serves no DNS.
+// serves no DNS, and offers at once: no ping of the address first, which
+// would add seconds to every boot.
 func (l *Lab) StartDHCP(ctx context.Context) (*Process, error) {
 	dnsmasq, err := lookSbin("dnsmasq")
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(dnsmasq, "--keep-in-foreground", "--no-resolv", "--no-hosts",
-		"--conf-file=/dev/null", "--port=0", "--interface=br0", "--bind-interfaces",
+		"--conf-file=/dev/null", "--port=0", "--no-ping", "--interface=br0", "--bind-interfaces",
 		"--pid-file="+filepath.Join(l.Dir, "dnsmasq.pid"),
 		"--dhcp-leasefile="+l.LeaseFile(),
 		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,1h", dhcpFirst, dhcpLast),

@@ -47,7 +47,7 @@ func TestMain(m *testing.M) {
 }
 
 // needLab skips or fails t unless the lab can run here.
-func needLab(t *testing.T) {
+func needLab(t testing.TB) {
 	t.Helper()
 	testenv.Root(t)
 	for _, c := range []string{"qemu-system-x86_64", "swtpm", "ip", "busybox", "dnsmasq"} {
@@ -78,7 +78,7 @@ func tinyOS(t *testing.T) (initramfs.Kernel, string) {
 }
 
 // newLab makes a lab that t's cleanup closes.
-func newLab(t *testing.T) *Lab {
+func newLab(t testing.TB) *Lab {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -253,5 +253,33 @@ func checkClosed(t *testing.T, lab *Lab, pids []int) {
 	}
 	if err := lab.Close(); err != nil {
 		t.Errorf("second Close = %v, want nil", err)
+	}
+}
+
+// TestNewSweepsStaleLabs leaves a namespace and a directory named like the
+// lab of a process that has exited, as a test binary killed at its
+// timeout does, and checks that the next lab removes them.
+func TestNewSweepsStaleLabs(t *testing.T) {
+	needLab(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("pbn%d-1", dead.Process.Pid)
+	if err := ip(context.Background(), "netns", "add", stale); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "delete", stale).Run() })
+	dir, err := os.MkdirTemp("", stale+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	newLab(t)
+	if _, err := os.Stat(filepath.Join("/run/netns", stale)); !os.IsNotExist(err) {
+		t.Errorf("stale namespace %s after New: %v, want it gone", stale, err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("stale directory %s after New: %v, want it gone", dir, err)
 	}
 }

@@ -84,7 +84,9 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-serial", "stdio", "-no-reboot",
 		"-kernel", opts.Kernel, "-initrd", opts.Initrd,
-		"-append", strings.TrimSpace("console=ttyS0 " + opts.Append),
+		// panic=-1: a kernel panic ends QEMU (-no-reboot) at once, so
+		// Expect fails fast instead of at its deadline.
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 " + opts.Append),
 	}
 	if !opts.NoTPM {
 		sock, err := l.startSwtpm(ctx, name, dir)
@@ -121,10 +123,13 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 	if err != nil {
 		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
 	}
-	stdout, err := cmd.StdoutPipe()
+	// A pipe of our own, not StdoutPipe: Wait closes that one when QEMU
+	// exits, and the console would lose the guest's last lines.
+	stdout, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
 	}
+	cmd.Stdout = w
 	log, err := os.Create(filepath.Join(dir, "qemu.log"))
 	if err != nil {
 		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
@@ -132,14 +137,20 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 	l.onClose(log.Close)
 	cmd.Stderr = log
 	var copyTo io.Writer = log
-	if opts.Console != nil {
-		copyTo = io.MultiWriter(log, opts.Console)
+	if c := cmp.Or(opts.Console, l.console); c != nil {
+		copyTo = io.MultiWriter(log, c)
 	}
 	m.Console = newConsole(stdin, copyTo)
-	if m.qemu, err = l.Start("qemu "+name, cmd); err != nil {
+	m.qemu, err = l.Start("qemu "+name, cmd)
+	w.Close()
+	if err != nil {
+		stdout.Close()
 		return nil, err
 	}
-	go m.Console.read(stdout)
+	go func() {
+		m.Console.read(stdout)
+		stdout.Close()
+	}()
 	return m, nil
 }
 

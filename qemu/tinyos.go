@@ -69,7 +69,9 @@ func TinyOSRoot(dir string) error {
 }
 
 // TinyOSExt4 makes an ext4 file system image of sizeMiB at path holding the
-// tiny OS, with mkfs.ext4 -d: no mount needed, no device-mapper.
+// tiny OS, with mkfs.ext4 -d: no mount needed, no device-mapper. Its 4 KiB
+// blocks fit a LUKS2 volume with 4 KiB sectors, which cryptsetup formats
+// on image files.
 func TinyOSExt4(ctx context.Context, path string, sizeMiB int) error {
 	mkfs, err := lookSbin("mkfs.ext4")
 	if err != nil {
@@ -83,7 +85,7 @@ func TinyOSExt4(ctx context.Context, path string, sizeMiB int) error {
 	if err := TinyOSRoot(root); err != nil {
 		return err
 	}
-	out, err := exec.CommandContext(ctx, mkfs, "-q", "-F", "-L", "tinyos", "-d", root,
+	out, err := exec.CommandContext(ctx, mkfs, "-q", "-F", "-L", "tinyos", "-b", "4096", "-d", root,
 		path, fmt.Sprintf("%dM", sizeMiB)).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("tiny os: mkfs.ext4: %w: %s", err, strings.TrimSpace(string(out)))

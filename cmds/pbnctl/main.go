@@ -48,6 +48,7 @@ var commands = []command{
 	{"recovery", "read a device's escrowed recovery key, with the reason recorded", runRecovery},
 	{"audit", "the key server's audit trail: tail, export as JSON lines", runAudit},
 	{"policy", "device group policies: show, set", runPolicy},
+	{"image", "build the pre-boot image (initramfs)", runImage},
 }
 
 // Exit codes shared by every command; each command documents its own above

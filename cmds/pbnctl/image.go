@@ -1,0 +1,114 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/pbn-project/pbn/initramfs"
+)
+
+// Exit codes of pbnctl image.
+const (
+	exitNoKernel = 3 // the kernel asked for, or any, is not installed
+)
+
+const imageHelp = `usage: pbnctl image build [flags]
+
+Builds the pre-boot image: the agent as /init, kernel modules, cryptsetup
+and the configuration files, as a compressed initramfs, and prints a size
+report per part.
+
+exit codes:
+  0  success
+  1  any other failure
+  2  bad flags or arguments
+  3  the kernel is not installed
+`
+
+func runImage(ctx context.Context, io stdio, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(io.out, imageHelp)
+		if len(args) == 0 {
+			return usageError("image: no subcommand given")
+		}
+		return nil
+	}
+	return dispatch(ctx, io, "pbnctl image", []command{
+		{"build", "", imageBuild},
+	}, args)
+}
+
+// listFlag is a flag that may be given more than once.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+func imageBuild(ctx context.Context, io stdio, args []string) error {
+	fl := flag.NewFlagSet("pbnctl image build", flag.ContinueOnError)
+	fl.SetOutput(io.err)
+	out := fl.String("o", "out/pbn.img", "write the image to `file`")
+	kernel := fl.String("kernel", "", "the kernel `release` whose modules to include (default: the newest installed)")
+	compression := fl.String("compress", string(initramfs.Zstd), "compression: zstd, xz, gzip or none")
+	agent := fl.String("agent", initramfs.AgentPackage, "the Go `package` that becomes /init")
+	modules := fl.String("modules", "", "comma-separated kernel `modules` (default: the built-in list for laptops)")
+	config := fl.String("config", "", "the agent's configuration `file`, as etc/pbn/pbn.conf")
+	ca := fl.String("ca", "", "the pinned CA certificates, PEM `file`, as etc/pbn/ca.pem")
+	var cmds, files listFlag
+	fl.Var(&cmds, "cmd", "a further Go command `package` for the busybox (u-root's, say); repeatable")
+	fl.Var(&files, "file", "a host file to add, `src:dst` with dst relative to /; repeatable")
+	report := fl.String("report", "", "also write the size report to `file`")
+	if err := fl.Parse(args); err != nil {
+		return withCode(exitUsage, err)
+	}
+	if fl.NArg() > 0 {
+		return usageError("image build: unexpected argument %q", fl.Arg(0))
+	}
+
+	cfg := initramfs.Config{Kernel: *kernel, Agent: *agent, Commands: cmds,
+		Compression: initramfs.Compression(*compression), Log: io.log}
+	if *modules != "" {
+		cfg.Modules = strings.Split(*modules, ",")
+	}
+	if *config != "" {
+		cfg.Files = append(cfg.Files, initramfs.File{Src: *config, Dst: initramfs.ConfigDir + "/pbn.conf"})
+	}
+	if *ca != "" {
+		cfg.Files = append(cfg.Files, initramfs.File{Src: *ca, Dst: initramfs.ConfigDir + "/ca.pem"})
+	}
+	for _, f := range files {
+		src, dst, ok := strings.Cut(f, ":")
+		if !ok || src == "" || dst == "" {
+			return usageError("image build: -file %q: want src:dst", f)
+		}
+		cfg.Files = append(cfg.Files, initramfs.File{Src: src, Dst: dst})
+	}
+
+	var img bytes.Buffer
+	rep, err := initramfs.Build(ctx, cfg, &img)
+	if errors.Is(err, initramfs.ErrNoKernel) {
+		return withCode(exitNoKernel, err)
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(*out, img.Bytes(), 0o644); err != nil {
+		return err
+	}
+	var table bytes.Buffer
+	rep.WriteTo(&table)
+	fmt.Fprintf(io.out, "%s: %d bytes\n%s", *out, img.Len(), table.String())
+	if *report != "" {
+		return os.WriteFile(*report, table.Bytes(), 0o644)
+	}
+	return nil
+}

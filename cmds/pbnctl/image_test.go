@@ -1,0 +1,37 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+// TestImageBuildUsage checks the flag errors of pbnctl image build, which
+// stop before any build. The build itself is tested in package initramfs.
+func TestImageBuildUsage(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"no subcommand", []string{"image"}, exitUsage},
+		{"unknown subcommand", []string{"image", "make"}, exitUsage},
+		{"help", []string{"image", "-h"}, exitOK},
+		{"file without destination", []string{"image", "build", "-file", "/etc/hostname"}, exitUsage},
+		{"stray argument", []string{"image", "build", "extra"}, exitUsage},
+		{"unknown flag", []string{"image", "build", "-bogus"}, exitUsage},
+		{"unknown compression", []string{"image", "build", "-compress", "lzma", "-o", "/dev/null"}, exitError},
+		{"kernel not installed", []string{"image", "build", "-kernel", "0.0.0-none", "-o", "/dev/null"}, exitNoKernel},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := run(context.Background(), stdio{strings.NewReader(""), &out, &errOut, slog.New(slog.DiscardHandler)}, tt.args)
+			if got := report(&errOut, err); got != tt.want {
+				t.Errorf("pbnctl %s = exit %d (%v), want %d", strings.Join(tt.args, " "), got, err, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,379 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pbn-project/pbn/initramfs"
+	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/secret"
+)
+
+// The user of the test laptop and their password.
+const (
+	testUPN      = "alice@corp.example.test"
+	testPassword = "correct horse battery staple"
+	keyFileName  = "EFI/PBN/keys/alice" + keyfile.Ext
+)
+
+// pbnFixture is the PBN image and a laptop disk whose LUKS2 volume holds
+// the tiny OS, made once per test binary: the image takes tens of seconds
+// to build and the disk a guest boot to fill.
+var pbnFixture struct {
+	once     sync.Once
+	kernel   initramfs.Kernel
+	image    string // the PBN initramfs
+	disk     string // GPT: ESP with alice's key file, LUKS2 with the tiny OS
+	luksUUID string
+	report   *initramfs.Report
+	err      error
+}
+
+// pbnDisk returns the kernel, the PBN image and the shared laptop disk.
+// Tests that boot it pass ro on the command line, so it stays as made.
+func pbnDisk(t testing.TB) (initramfs.Kernel, string, string, string) {
+	t.Helper()
+	needLab(t)
+	f := &pbnFixture
+	f.once.Do(func() { f.err = makePBNFixture() })
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+	return f.kernel, f.image, f.disk, f.luksUUID
+}
+
+func makePBNFixture() error {
+	f := &pbnFixture
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var err error
+	if f.kernel, err = initramfs.FindKernel(""); err != nil {
+		return err
+	}
+	var img bytes.Buffer
+	if f.report, err = initramfs.Build(ctx, initramfs.Config{Dir: ".."}, &img); err != nil {
+		return err
+	}
+	f.image = filepath.Join(fixtures.dir, "pbn.img")
+	if err := os.WriteFile(f.image, img.Bytes(), 0o644); err != nil {
+		return err
+	}
+
+	fde := secret.Random(32)
+	defer fde.Wipe()
+	kf, err := keyfile.New(keyfile.Header{ID: keyfile.NewID(), Kind: keyfile.KindUser, DeviceID: keyfile.NewID(),
+		UPN: testUPN}, &keyfile.Keyring{FDE: fde.Clone()})
+	if err != nil {
+		return err
+	}
+	defer kf.Close()
+	if _, err := kf.AddProtector(ctx, "password", keyfile.Password(secret.Bytes(testPassword))); err != nil {
+		return err
+	}
+	kb, err := kf.Marshal()
+	if err != nil {
+		return err
+	}
+
+	f.luksUUID = newUUID()
+	f.disk = filepath.Join(fixtures.dir, "laptop.img")
+	const luksMiB = 12
+	if err := MakeDisk(ctx, DiskSpec{Path: f.disk, ESPMiB: 4, ESPFiles: map[string][]byte{keyFileName: kb},
+		LUKSMiB: luksMiB, LUKSUUID: f.luksUUID, LUKSKey: fde}); err != nil {
+		return err
+	}
+	root := filepath.Join(fixtures.dir, "tinyos.ext4")
+	if err := TinyOSExt4(ctx, root, LUKSDataMiB(luksMiB)); err != nil {
+		return err
+	}
+	lab, err := New(ctx, Options{Console: fixtureConsole})
+	if err != nil {
+		return err
+	}
+	defer lab.Close()
+	return lab.FillLUKS(ctx, f.kernel.Image, f.image, f.disk, root, fde)
+}
+
+// fixtureConsole receives the console of the guest that fills the disk:
+// the fixture has no test to log to.
+var fixtureConsole io.Writer = io.Discard
+
+// newUUID returns a random RFC 9562 version 4 UUID.
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// bootPBN boots a laptop with the PBN image from disk on a lab with a DHCP
+// server when dhcp is set. hw picks the network card and the disk
+// interface; its zero value is virtio for both.
+func bootPBN(t testing.TB, ctx context.Context, disk string, dhcp bool, extra string, hw LaptopOptions) (*Lab, *Laptop) {
+	t.Helper()
+	k, img, _, uuid := pbnDisk(t)
+	lab := newLab(t)
+	if dhcp {
+		if _, err := lab.StartDHCP(ctx); err != nil {
+			t.Fatalf("StartDHCP = %v", err)
+		}
+	}
+	var console io.Writer
+	if tt, ok := t.(*testing.T); ok {
+		console = &testWriter{t: tt, name: "laptop"}
+	}
+	m, err := lab.Laptop(ctx, "laptop", LaptopOptions{Kernel: k.Image, Initrd: img, Disks: []string{disk},
+		NIC: hw.NIC, DiskInterface: hw.DiskInterface, Console: console,
+		Append: "quiet ro pbn.debug rd.luks.uuid=" + uuid + " " + extra})
+	if err != nil {
+		t.Fatalf("Laptop = %v", err)
+	}
+	return lab, m
+}
+
+// expect waits for each pattern in turn and fails t at the first that
+// does not come.
+func expect(t testing.TB, ctx context.Context, m *Laptop, patterns ...string) [][]string {
+	t.Helper()
+	var got [][]string
+	for _, p := range patterns {
+		g, err := m.Console.Expect(ctx, regexp.MustCompile(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, g)
+	}
+	return got
+}
+
+// networkRE is the agent's line for the network step's outcome and the
+// milliseconds it took.
+const networkRE = `pbn: network: ([^\n]*) \((\d+) ms\)\n`
+
+// promptRE is the agent's password prompt.
+const promptRE = `Enter password for ` + testUPN + `: `
+
+// TestBootOpensDisk boots laptops of two kinds of hardware: the agent loads
+// their drivers by modalias, leases an address, asks for the password,
+// opens the disk and hands over to the tiny OS with its timing file.
+func TestBootOpensDisk(t *testing.T) {
+	tests := []struct {
+		name    string
+		hw      LaptopOptions
+		drivers []string
+	}{
+		{"virtio", LaptopOptions{NIC: VirtioNet, DiskInterface: Virtio}, []string{"virtio_net", "virtio_blk"}},
+		{"e1000e and nvme", LaptopOptions{NIC: E1000E, DiskInterface: NVMe}, []string{"e1000e", "nvme"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
+			defer cancel()
+			_, _, disk, _ := pbnDisk(t)
+			lab, m := bootPBN(t, ctx, disk, true, "", tt.hw)
+			checkBoot(t, ctx, lab, m, tt.drivers)
+		})
+	}
+}
+
+// checkBoot follows a laptop's boot from the agent's start to the tiny
+// OS's power-off, typing the right password.
+func checkBoot(t *testing.T, ctx context.Context, lab *Lab, m *Laptop, drivers []string) {
+	t.Helper()
+	got := expect(t, ctx, m, `pbn: modules: \d+ for the hardware \(([^)]*)\)`, networkRE, promptRE)
+	if mods := strings.Fields(got[0][1]); !containsAll(mods, drivers...) {
+		t.Errorf("modules loaded = %q, want %q among them", mods, drivers)
+	}
+	lease, ok := lab.Lease(m.MAC)
+	if !ok || !strings.Contains(got[1][1], lease.String()) {
+		t.Errorf("network: %q, lease for %s: %v %v; want the leased address on the console", got[1][1], m.MAC, lease, ok)
+	}
+	if err := m.Console.Type(testPassword + "\n"); err != nil {
+		t.Fatal(err)
+	}
+	got = expect(t, ctx, m, TinyOSBanner+` on \S+, root (\S+)`, regexp.QuoteMeta(TimingBegin)+`\n((?s:.*?))`+regexp.QuoteMeta(TimingEnd))
+	if root := got[0][1]; !strings.HasPrefix(root, "/dev/mapper/") && !strings.HasPrefix(root, "/dev/dm-") {
+		t.Errorf("tiny OS root = %s, want the opened LUKS volume", root)
+	}
+	phases := parseTiming(got[1][1])
+	for _, p := range []string{"modules", "network", "unlock", "root"} {
+		if _, ok := phases[p]; !ok {
+			t.Errorf("timing file has no %s phase:\n%s", p, got[1][1])
+		}
+	}
+	if err := m.Wait(ctx); err != nil {
+		t.Errorf("Wait = %v, want the tiny OS to power off", err)
+	}
+}
+
+// TestBootWrongPassword types wrong passwords until the limit and checks
+// that the disk stays shut and no shell answers. It does not prove that no
+// other input gives a shell: it types one shell command.
+func TestBootWrongPassword(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
+	defer cancel()
+	_, _, disk, _ := pbnDisk(t)
+	_, m := bootPBN(t, ctx, disk, true, "pbn.tries=2", LaptopOptions{})
+
+	expect(t, ctx, m, promptRE)
+	m.Console.Type("wrong one\n")
+	expect(t, ctx, m, `That password is not correct. Try again.`, promptRE)
+	m.Console.Type("wrong two\n")
+	expect(t, ctx, m, `Too many wrong passwords.`)
+	// The right password after the limit opens nothing either.
+	refused(t, m, testPassword+"\n", `unlock: key file`)
+	noShell(t, m)
+	if strings.Contains(m.Console.Output(), TinyOSBanner) {
+		t.Error("the tiny OS booted after wrong passwords")
+	}
+}
+
+// TestBootCorruptKeyFile boots a copy of the disk whose key file has a
+// flipped byte: the agent says so plainly and gives no shell.
+func TestBootCorruptKeyFile(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
+	defer cancel()
+	_, _, disk, _ := pbnDisk(t)
+	corrupt := filepath.Join(t.TempDir(), "corrupt.img")
+	corruptKeyFile(t, disk, corrupt)
+	_, m := bootPBN(t, ctx, corrupt, true, "", LaptopOptions{})
+
+	expect(t, ctx, m, `The key file on this computer is damaged. Ask your administrator for help.`)
+	noShell(t, m)
+	if strings.Contains(m.Console.Output(), "Enter password") {
+		t.Error("the agent asked for a password with a damaged key file")
+	}
+}
+
+// TestBootNoDHCP boots without a DHCP server: the network step gives up
+// within its timeout and the prompt still comes.
+func TestBootNoDHCP(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
+	defer cancel()
+	_, _, disk, _ := pbnDisk(t)
+	_, m := bootPBN(t, ctx, disk, false, "pbn.nettimeout=3s", LaptopOptions{})
+
+	got := expect(t, ctx, m, networkRE, promptRE)
+	took, _ := strconv.Atoi(got[0][2])
+	// The bound is the 3 s asked for plus slack for a loaded TCG guest.
+	if took < 2500 || took > 10000 {
+		t.Errorf("network gave up after %d ms, want about 3000", took)
+	}
+}
+
+// noShell types a shell command and checks that nothing runs it.
+func noShell(t *testing.T, m *Laptop) {
+	t.Helper()
+	refused(t, m, "echo shell-$((6*7))\n", `shell-42`)
+}
+
+// refused types input and checks that the console does not print pattern
+// within a few seconds.
+func refused(t *testing.T, m *Laptop, input, pattern string) {
+	t.Helper()
+	m.Console.Type(input)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := m.Console.Expect(ctx, regexp.MustCompile(pattern)); err == nil {
+		t.Errorf("after the failure, typing %q printed %q", input, pattern)
+	}
+}
+
+// corruptKeyFile copies disk to dst with one byte of the key file flipped
+// on the ESP, found by its content.
+func corruptKeyFile(t *testing.T, disk, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b[ESPOffset:], []byte("\x89PBNKF"))
+	if i < 0 {
+		t.Fatal("no key file found on the ESP")
+	}
+	b[ESPOffset+i+64] ^= 0x01
+	if err := os.WriteFile(dst, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// parseTiming reads the agent's timing file: "<phase> <start ms> <end ms>".
+func parseTiming(s string) map[string][2]float64 {
+	phases := map[string][2]float64{}
+	for line := range strings.Lines(s) {
+		f := strings.Fields(line)
+		if len(f) != 3 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		a, err1 := strconv.ParseFloat(f[1], 64)
+		b, err2 := strconv.ParseFloat(f[2], 64)
+		if err1 == nil && err2 == nil {
+			phases[f[0]] = [2]float64{a, b}
+		}
+	}
+	return phases
+}
+
+func containsAll(have []string, want ...string) bool {
+	for _, w := range want {
+		found := false
+		for _, h := range have {
+			found = found || h == w
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// BenchmarkBoot boots the laptop with the right password and reports the
+// agent's phases from the timing file the tiny OS prints: from the agent's
+// start to the network configured and to switch_root (the end of the root
+// step), typing excluded. One boot is one iteration; under TCG on a shared
+// 2-core machine the figures are several times what hardware gives.
+func BenchmarkBoot(b *testing.B) {
+	_, _, disk, _ := pbnDisk(b)
+	var network, switchRoot, modules float64
+	n := 0
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
+		_, m := bootPBN(b, ctx, disk, true, "", LaptopOptions{})
+		expect(b, ctx, m, promptRE)
+		m.Console.Type(testPassword + "\n")
+		got := expect(b, ctx, m, regexp.QuoteMeta(TimingBegin)+`\n((?s:.*?))`+regexp.QuoteMeta(TimingEnd))
+		cancel()
+		phases, excluded := parseTiming(got[0][1]), timingExcluded(got[0][1])
+		network += phases["network"][1]
+		modules += phases["modules"][1] - phases["modules"][0]
+		switchRoot += phases["root"][1] - excluded
+		n++
+	}
+	b.ReportMetric(modules/float64(n), "modules-ms")
+	b.ReportMetric(network/float64(n), "network-ms")
+	b.ReportMetric(switchRoot/float64(n), "switch_root-ms")
+}
+
+// timingExcluded returns the timing file's "excluded <ms>": time spent
+// waiting for a person.
+func timingExcluded(s string) float64 {
+	for line := range strings.Lines(s) {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "excluded" {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return 0
+}

@@ -203,7 +203,7 @@ func checkBoot(t *testing.T, ctx context.Context, lab *Lab, m *Laptop, drivers [
 	if err := m.Console.Type(testPassword + "\n"); err != nil {
 		t.Fatal(err)
 	}
-	got = expect(t, ctx, m, TinyOSBanner+` on \S+, root (\S+)`, regexp.QuoteMeta(TimingBegin)+`\n((?s:.*?))`+regexp.QuoteMeta(TimingEnd))
+	got = expect(t, ctx, m, TinyOSBanner+` on \S+, root (\S+)\n`, regexp.QuoteMeta(TimingBegin)+`\n((?s:.*?))`+regexp.QuoteMeta(TimingEnd))
 	if root := got[0][1]; !strings.HasPrefix(root, "/dev/mapper/") && !strings.HasPrefix(root, "/dev/dm-") {
 		t.Errorf("tiny OS root = %s, want the opened LUKS volume", root)
 	}

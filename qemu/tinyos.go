@@ -30,8 +30,9 @@ const DefaultBusybox = "/bin/busybox"
 
 // tinyInit is the tiny OS's init.
 const tinyInit = `#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
+# The agent may have moved its /proc and /sys here already.
+/bin/busybox mount -t proc proc /proc 2>/dev/null
+/bin/busybox mount -t sysfs sysfs /sys 2>/dev/null
 echo "` + TinyOSBanner + ` on $(/bin/busybox uname -r), root $(/bin/busybox awk '$2 == "/" {print $1}' /proc/mounts | /bin/busybox tail -n 1)"
 echo "tinyos: tpm $(/bin/busybox ls /sys/class/tpm 2>/dev/null)"
 if [ -r ` + TimingFile + ` ]; then

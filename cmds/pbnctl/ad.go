@@ -13,21 +13,15 @@ import (
 	"github.com/pbn-project/pbn/pbn/secret"
 )
 
-// adCommands are pbnctl ad's subcommands.
-var adCommands = []command{
-	{"login", "sign an account in as the pre-boot prompt does, and say why not", adLogin},
-}
+const adHelp = `usage: pbnctl ad SUBCOMMAND [flags] [args]
 
-func runAD(ctx context.Context, io stdio, args []string) error {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
-		fmt.Fprintln(io.out, "usage: pbnctl ad SUBCOMMAND [flags] [args]\n\nsubcommands:")
-		for _, c := range adCommands {
-			fmt.Fprintf(io.out, "  %-8s %s\n", c.name, c.summary)
-		}
-		return nil
-	}
-	return dispatch(ctx, io, "pbnctl ad", adCommands, args)
-}
+subcommands:
+  login    sign an account in as the pre-boot prompt does, and say why not
+
+Run pbnctl ad login -h for its flags and exit codes.
+`
+
+var runAD = subcommands("ad", adHelp, []command{{"login", "", adLogin}})
 
 // adExitCodes are pbnctl ad login's exit codes, one for each reason a
 // login fails; the help text lists them.

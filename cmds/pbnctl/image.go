@@ -31,24 +31,9 @@ exit codes:
   3  the kernel is not installed
 `
 
-func runImage(ctx context.Context, io stdio, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(io.out, imageHelp)
-		if len(args) == 0 {
-			return usageError("image: no subcommand given")
-		}
-		return nil
-	}
-	return dispatch(ctx, io, "pbnctl image", []command{
-		{"build", "", imageBuild},
-	}, args)
-}
-
-// listFlag is a flag that may be given more than once.
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+var runImage = subcommands("image", imageHelp, []command{
+	{"build", "", imageBuild},
+})
 
 func imageBuild(ctx context.Context, io stdio, args []string) error {
 	fl := flag.NewFlagSet("pbnctl image build", flag.ContinueOnError)
@@ -60,7 +45,7 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 	modules := fl.String("modules", "", "comma-separated kernel `modules` (default: the built-in list for laptops)")
 	config := fl.String("config", "", "the agent's configuration `file`, as etc/pbn/pbn.conf")
 	ca := fl.String("ca", "", "the pinned CA certificates, PEM `file`, as etc/pbn/ca.pem")
-	var cmds, files listFlag
+	var cmds, files multiFlag
 	fl.Var(&cmds, "cmd", "a further Go command `package` for the busybox (u-root's, say); repeatable")
 	fl.Var(&files, "file", "a host file to add, `src:dst` with dst relative to /; repeatable")
 	report := fl.String("report", "", "also write the size report to `file`")

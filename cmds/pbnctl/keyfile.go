@@ -56,22 +56,13 @@ exit codes:
   7  create: the file exists (use --force)
 `
 
-func runKeyfile(ctx context.Context, io stdio, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(io.out, keyfileHelp)
-		if len(args) == 0 {
-			return usageError("keyfile: no subcommand given")
-		}
-		return nil
-	}
-	return dispatch(ctx, io, "pbnctl keyfile", []command{
-		{"create", "", keyfileCreate},
-		{"inspect", "", keyfileInspect},
-		{"open", "", keyfileOpen},
-		{"add-protector", "", keyfileAddProtector},
-		{"remove-protector", "", keyfileRemoveProtector},
-	}, args)
-}
+var runKeyfile = subcommands("keyfile", keyfileHelp, []command{
+	{"create", "", keyfileCreate},
+	{"inspect", "", keyfileInspect},
+	{"open", "", keyfileOpen},
+	{"add-protector", "", keyfileAddProtector},
+	{"remove-protector", "", keyfileRemoveProtector},
+})
 
 // newFlags returns a flag set for a keyfile subcommand that prints its
 // usage and the exit codes to io.err.
@@ -491,9 +482,3 @@ func readPublicKey(path string) ([]byte, error) {
 	}
 	return cert.RawSubjectPublicKeyInfo, nil
 }
-
-// multiFlag is a repeatable string flag.
-type multiFlag []string
-
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/pbn-project/pbn/pbn/secret"
@@ -119,6 +120,27 @@ func run(ctx context.Context, io stdio, args []string) error {
 	}
 	return dispatch(ctx, io, "pbnctl", commands, args)
 }
+
+// subcommands returns a command made of subcommands: with no arguments or
+// -h it prints help, and otherwise it runs the subcommand args[0] names.
+func subcommands(name, help string, subs []command) func(context.Context, stdio, []string) error {
+	return func(ctx context.Context, io stdio, args []string) error {
+		if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+			fmt.Fprint(io.out, help)
+			if len(args) == 0 {
+				return usageError("%s: no subcommand given", name)
+			}
+			return nil
+		}
+		return dispatch(ctx, io, "pbnctl "+name, subs, args)
+	}
+}
+
+// multiFlag is a flag that may be given more than once.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 // dispatch runs the command of cmds that args[0] names. Commands with
 // subcommands call it again with their own list.

@@ -82,57 +82,25 @@ subcommands:
   set GROUP [flags]        change the flags given, keep the rest
 ` + serverHelp
 
-// help prints text for -h, or fails for no subcommand.
-func help(io stdio, args []string, name, text string) (bool, error) {
-	if len(args) > 0 && args[0] != "-h" && args[0] != "--help" {
-		return false, nil
-	}
-	fmt.Fprint(io.out, text)
-	if len(args) == 0 {
-		return true, usageError("%s: no subcommand given", name)
-	}
-	return true, nil
-}
+var runDevice = subcommands("device", deviceHelp, []command{
+	{"list", "", deviceList},
+	{"show", "", deviceShow},
+	{"lost", "", deviceState(store.DeviceLost)},
+	{"retire", "", deviceState(store.DeviceRetired)},
+	{"activate", "", deviceState(store.DeviceActive)},
+})
 
-func runDevice(ctx context.Context, io stdio, args []string) error {
-	if done, err := help(io, args, "device", deviceHelp); done {
-		return err
-	}
-	return dispatch(ctx, io, "pbnctl device", []command{
-		{"list", "", deviceList},
-		{"show", "", deviceShow},
-		{"lost", "", deviceState(store.DeviceLost)},
-		{"retire", "", deviceState(store.DeviceRetired)},
-		{"activate", "", deviceState(store.DeviceActive)},
-	}, args)
-}
+var runRecovery = subcommands("recovery", recoveryHelp, []command{{"show", "", recoveryShow}})
 
-func runRecovery(ctx context.Context, io stdio, args []string) error {
-	if done, err := help(io, args, "recovery", recoveryHelp); done {
-		return err
-	}
-	return dispatch(ctx, io, "pbnctl recovery", []command{{"show", "", recoveryShow}}, args)
-}
+var runAudit = subcommands("audit", auditHelp, []command{
+	{"tail", "", auditTail},
+	{"export", "", auditExport},
+})
 
-func runAudit(ctx context.Context, io stdio, args []string) error {
-	if done, err := help(io, args, "audit", auditHelp); done {
-		return err
-	}
-	return dispatch(ctx, io, "pbnctl audit", []command{
-		{"tail", "", auditTail},
-		{"export", "", auditExport},
-	}, args)
-}
-
-func runPolicy(ctx context.Context, io stdio, args []string) error {
-	if done, err := help(io, args, "policy", policyHelp); done {
-		return err
-	}
-	return dispatch(ctx, io, "pbnctl policy", []command{
-		{"show", "", policyShow},
-		{"set", "", policySet},
-	}, args)
-}
+var runPolicy = subcommands("policy", policyHelp, []command{
+	{"show", "", policyShow},
+	{"set", "", policySet},
+})
 
 // serverFlags are the flags of every command that talks to the key server.
 type serverFlags struct {

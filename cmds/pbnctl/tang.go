@@ -40,21 +40,12 @@ exit codes:
   4  keygen: the directory already has keys (use rotate)
 `
 
-func runTang(ctx context.Context, io stdio, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(io.out, tangHelp)
-		if len(args) == 0 {
-			return usageError("tang: no subcommand given")
-		}
-		return nil
-	}
-	return dispatch(ctx, io, "pbnctl tang", []command{
-		{"keygen", "", tangDir(tangKeygen)},
-		{"rotate", "", tangDir(tangRotate)},
-		{"retire", "", tangDir(tangRetire)},
-		{"show", "", tangDir(tangShow)},
-	}, args)
-}
+var runTang = subcommands("tang", tangHelp, []command{
+	{"keygen", "", tangDir(tangKeygen)},
+	{"rotate", "", tangDir(tangRotate)},
+	{"retire", "", tangDir(tangRetire)},
+	{"show", "", tangDir(tangShow)},
+})
 
 // tangDir makes a subcommand that takes no flags and one DIR argument.
 func tangDir(run func(io stdio, dir string) error) func(context.Context, stdio, []string) error {

@@ -55,22 +55,13 @@ exit codes:
   12  check: the key file has no TPM protector
 `
 
-func runTPM(ctx context.Context, io stdio, args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(io.out, tpmHelp)
-		if len(args) == 0 {
-			return usageError("tpm: no subcommand given")
-		}
-		return nil
-	}
-	return dispatch(ctx, io, "pbnctl tpm", []command{
-		{"info", "", tpmInfo},
-		{"pcrs", "", tpmPCRs},
-		{"srk", "", tpmSRK},
-		{"check", "", tpmCheck},
-		{"reseal", "", tpmReseal},
-	}, args)
-}
+var runTPM = subcommands("tpm", tpmHelp, []command{
+	{"info", "", tpmInfo},
+	{"pcrs", "", tpmPCRs},
+	{"srk", "", tpmSRK},
+	{"check", "", tpmCheck},
+	{"reseal", "", tpmReseal},
+})
 
 // tpmFlags are the flags every tpm subcommand has.
 type tpmFlags struct {

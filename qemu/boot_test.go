@@ -196,16 +196,17 @@ func TestBootOpensDisk(t *testing.T) {
 // OS's power-off, typing the right password.
 func checkBoot(t *testing.T, ctx context.Context, lab *Lab, m *Laptop, drivers []string) {
 	t.Helper()
-	got := expect(t, ctx, m, networkRE, `pbn: modules: \d+ for the hardware \(([^)]*)\)`, promptRE)
-	if mods := strings.Fields(got[1][1]); !containsAll(mods, drivers...) {
-		t.Errorf("modules loaded = %q, want %q among them", mods, drivers)
-	}
+	got := expect(t, ctx, m, networkRE, promptRE)
 	lease, ok := lab.Lease(m.MAC)
 	if !ok || !strings.Contains(got[0][1], lease.String()) {
 		t.Errorf("network: %q, lease for %s: %v %v; want the leased address on the console", got[0][1], m.MAC, lease, ok)
 	}
 	if err := m.Console.Type(testPassword + "\n"); err != nil {
 		t.Fatal(err)
+	}
+	got = expect(t, ctx, m, `pbn: modules: \d+ for the hardware \(([^)]*)\)`)
+	if mods := strings.Fields(got[0][1]); !containsAll(mods, drivers...) {
+		t.Errorf("modules loaded = %q, want %q among them", mods, drivers)
 	}
 	got = expect(t, ctx, m, TinyOSBanner+` on \S+, root (\S+)\n`, regexp.QuoteMeta(TimingBegin)+`\n((?s:.*?))`+regexp.QuoteMeta(TimingEnd))
 	if root := got[0][1]; !strings.HasPrefix(root, "/dev/mapper/") && !strings.HasPrefix(root, "/dev/dm-") {
@@ -345,13 +346,12 @@ func containsAll(have []string, want ...string) bool {
 
 // BenchmarkBoot boots the laptop with the right password and reports the
 // agent's phases from the timing file the tiny OS prints: from the agent's
-// start to the first network link (netlink), to the network configured,
-// to the coldplug's end (modules, which runs beside the network) and to
-// switch_root (the end of the root step), typing excluded. One boot is one iteration; under TCG on a shared
+// start to the first network link (netlink), to the network configured
+// and to switch_root (the end of the root step), typing excluded. One boot is one iteration; under TCG on a shared
 // 2-core machine the figures are several times what hardware gives.
 func BenchmarkBoot(b *testing.B) {
 	_, _, disk, _ := pbnDisk(b)
-	var drivers, network, switchRoot, modules float64
+	var drivers, network, switchRoot float64
 	n := 0
 	for b.Loop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
@@ -363,12 +363,10 @@ func BenchmarkBoot(b *testing.B) {
 		phases, excluded := parseTiming(got[0][1]), timingExcluded(got[0][1])
 		network += phases["network"][1]
 		drivers += phases["drivers"][1]
-		modules += phases["modules"][1]
 		switchRoot += phases["root"][1] - excluded
 		n++
 	}
 	b.ReportMetric(drivers/float64(n), "netlink-ms")
-	b.ReportMetric(modules/float64(n), "modules-ms")
 	b.ReportMetric(network/float64(n), "network-ms")
 	b.ReportMetric(switchRoot/float64(n), "switch_root-ms")
 }

@@ -73,9 +73,9 @@ func (a *agent) run(ctx context.Context) error {
 	steps := []stage.Step{
 		{Name: "drivers", Run: a.drivers},
 		{Name: "network", Run: a.network},
-		{Name: "modules", Run: a.modules},
 		{Name: "keyfiles", Run: a.keyFiles},
 		{Name: "unlock", Run: a.unlock},
+		{Name: "modules", Run: a.modules},
 		{Name: "disk", Run: a.openDisk},
 		{Name: "root", Run: a.mountRoot},
 	}
@@ -199,7 +199,10 @@ func (a *agent) waitLink(ctx context.Context) error {
 	}
 }
 
-// modules waits for the coldplug that the drivers step started.
+// modules waits for the coldplug that the drivers step started: the
+// ciphers that the CPU's features ask for (aesni_intel), which load last,
+// are for the disk. The steps before need only what they wait for
+// themselves: a link, a disk with the ESP, the vfat modules.
 func (a *agent) modules(ctx context.Context) error {
 	select {
 	case <-ctx.Done():

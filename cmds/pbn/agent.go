@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -141,12 +142,25 @@ func (a *agent) say(format string, args ...any) {
 // dm-crypt with LUKS2's default cipher, aes-xts-plain64, for the disk
 // (loaded by the agent rather than by the kernel's requests, each of which
 // runs the agent anew as modprobe; other ciphers still load that way). The
-// drivers step loads them in the background, after the coldplug; the steps
-// that need them load them again, which then only waits for that.
+// drivers step loads them in the background, after the coldplug, with the
+// root's file system (see rootModule); the steps that need them load them
+// again, which then only waits for that.
 var (
 	espModules  = []string{"fs-vfat", "nls-cp437", "nls-iso8859-1", "nls-ascii"}
 	diskModules = []string{"dm-crypt", "crypto-xts", "crypto-aes"}
 )
+
+// defaultRootFS is the file system whose module the drivers step loads
+// ahead when the kernel command line gives no rootfstype=: the root's type
+// is known only once the disk is open, and ext4 is the distributions'
+// default. Another type still loads at the root step.
+const defaultRootFS = "ext4"
+
+// rootModule names the module of the root's file system, as far as it is
+// known before the disk is open.
+func (a *agent) rootModule() string {
+	return "fs-" + cmp.Or(a.cmdline.RootFSType, defaultRootFS)
+}
 
 // drivers starts the coldplug and the later steps' modules in the
 // background and waits only for the first network link, so that DHCP runs
@@ -169,7 +183,7 @@ func (a *agent) drivers(ctx context.Context) error {
 		defer close(a.coldplug)
 		a.plugged, a.plugErr = a.loader.Coldplug(ctx, kmod.ColdplugOptions{})
 		a.log.Debug("coldplug", "rounds", a.plugged.Rounds, "took", time.Since(start))
-		for _, m := range slices.Concat(espModules, diskModules) {
+		for _, m := range slices.Concat(espModules, diskModules, []string{a.rootModule()}) {
 			a.loadModule(m)
 		}
 	}()

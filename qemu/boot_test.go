@@ -124,7 +124,10 @@ func newUUID() string {
 
 // bootPBN boots a laptop with the PBN image from disk on a lab with a DHCP
 // server when dhcp is set. hw picks the network card and the disk
-// interface; its zero value is virtio for both.
+// interface; its zero value is virtio for both. A test's laptop logs its
+// console to the test, with the agent's debug log (pbn.debug); a
+// benchmark's shows no console and has none, since every line costs time
+// on an emulated serial port.
 func bootPBN(t testing.TB, ctx context.Context, disk string, dhcp bool, extra string, hw LaptopOptions) (*Lab, *Laptop) {
 	t.Helper()
 	k, img, _, uuid := pbnDisk(t)
@@ -137,10 +140,11 @@ func bootPBN(t testing.TB, ctx context.Context, disk string, dhcp bool, extra st
 	var console io.Writer
 	if tt, ok := t.(*testing.T); ok {
 		console = &testWriter{t: tt, name: "laptop"}
+		extra = "pbn.debug " + extra
 	}
 	m, err := lab.Laptop(ctx, "laptop", LaptopOptions{Kernel: k.Image, Initrd: img, Disks: []string{disk},
 		NIC: hw.NIC, DiskInterface: hw.DiskInterface, Console: console,
-		Append: "quiet ro pbn.debug rd.luks.uuid=" + uuid + " " + extra})
+		Append: "quiet ro rd.luks.uuid=" + uuid + " " + extra})
 	if err != nil {
 		t.Fatalf("Laptop = %v", err)
 	}

@@ -153,8 +153,10 @@ func (o ColdplugOptions) withDefaults() ColdplugOptions {
 // features. It returns when it found a device's module or the tree
 // settled.
 // TODO: listening to the kernel's uevents (NETLINK_KOBJECT_UEVENT) would
-// see a new device at once instead of at the next poll, and spare the
-// settle time at the end.
+// see a new device at once instead of at the next poll, spare the settle
+// time at the end, and spare the polls while slow modules load (seconds of
+// cipher self-tests under emulation), which take CPU from the steps that
+// run beside the coldplug.
 func (l *Loader) newMatches(ctx context.Context, opts ColdplugOptions, seen map[string]bool, loads *loads) ([]string, []string, error) {
 	deadline := time.Now().Add(opts.Settle)
 	var devs, cpu []string

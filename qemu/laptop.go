@@ -79,7 +79,7 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 	m := &Laptop{Name: name, MAC: fmt.Sprintf("52:54:00:99:%02x:%02x", n/256%256, n%256)}
 
 	args := []string{
-		"-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "1",
+		"-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2",
 		"-m", strconv.Itoa(cmp.Or(opts.Memory, DefaultMemory)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-serial", "stdio", "-no-reboot",

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,6 +42,12 @@ type agent struct {
 	timing  *stage.Timing
 	loader  *kmod.Loader
 
+	// coldplug is closed when the coldplug that the drivers step starts
+	// has ended, with its outcome in plugged and plugErr.
+	coldplug chan struct{}
+	plugged  kmod.ColdplugReport
+	plugErr  error
+
 	volume   cmdline.LUKS // the LUKS volume to open
 	luksDev  *disk.Device // where it is
 	files    []*keyfile.KeyFile
@@ -64,10 +72,11 @@ func (a *agent) run(ctx context.Context) error {
 		return err
 	}
 	steps := []stage.Step{
-		{Name: "modules", Run: a.modules},
+		{Name: "drivers", Run: a.drivers},
 		{Name: "network", Run: a.network},
 		{Name: "keyfiles", Run: a.keyFiles},
 		{Name: "unlock", Run: a.unlock},
+		{Name: "modules", Run: a.modules},
 		{Name: "disk", Run: a.openDisk},
 		{Name: "root", Run: a.mountRoot},
 	}
@@ -129,7 +138,34 @@ func (a *agent) say(format string, args ...any) {
 	a.con.Say("pbn: "+format, args...)
 }
 
-func (a *agent) modules(ctx context.Context) error {
+// The modules of later steps: vfat and its code pages for the ESP, and
+// dm-crypt with LUKS2's default cipher, aes-xts-plain64, for the disk
+// (loaded by the agent rather than by the kernel's requests, each of which
+// runs the agent anew as modprobe; other ciphers still load that way). The
+// drivers step loads them in the background, after the coldplug, with the
+// root's file system (see rootModule); the steps that need them load them
+// again, which then only waits for that.
+var (
+	espModules  = []string{"fs-vfat", "nls-cp437", "nls-iso8859-1", "nls-ascii"}
+	diskModules = []string{"dm-crypt", "crypto-xts", "crypto-aes"}
+)
+
+// defaultRootFS is the file system whose module the drivers step loads
+// ahead when the kernel command line gives no rootfstype=: the root's type
+// is known only once the disk is open, and ext4 is the distributions'
+// default. Another type still loads at the root step.
+const defaultRootFS = "ext4"
+
+// rootModule names the module of the root's file system, as far as it is
+// known before the disk is open.
+func (a *agent) rootModule() string {
+	return "fs-" + cmp.Or(a.cmdline.RootFSType, defaultRootFS)
+}
+
+// drivers starts the coldplug and the later steps' modules in the
+// background and waits only for the first network link, so that DHCP runs
+// while the other drivers load and probe.
+func (a *agent) drivers(ctx context.Context) error {
 	dir, err := kmod.DefaultDir()
 	if err != nil {
 		return err
@@ -142,15 +178,58 @@ func (a *agent) modules(ctx context.Context) error {
 	a.log.Debug("module index read", "dir", dir, "took", time.Since(start))
 	a.loader = kmod.NewLoader(x, a.log)
 	linkModprobe(a.log)
-	rep, err := a.loader.Coldplug(ctx, kmod.ColdplugOptions{})
-	if err != nil {
-		return err
+	a.coldplug = make(chan struct{})
+	go func() {
+		defer close(a.coldplug)
+		a.plugged, a.plugErr = a.loader.Coldplug(ctx, kmod.ColdplugOptions{})
+		a.log.Debug("coldplug", "rounds", a.plugged.Rounds, "took", time.Since(start))
+		for _, m := range slices.Concat(espModules, diskModules, []string{a.rootModule()}) {
+			a.loadModule(m)
+		}
+	}()
+	return a.waitLink(ctx)
+}
+
+// linkPoll is how often the drivers step looks for a network link.
+const linkPoll = 10 * time.Millisecond
+
+// waitLink returns when a network link other than loopback exists, or the
+// coldplug has ended without one (the network step then says so).
+// TODO: a second network card whose driver binds after the first link
+// appears is not tried; waiting for every PCI network device (class 02) to
+// have its driver bound would find it.
+func (a *agent) waitLink(ctx context.Context) error {
+	for {
+		if ok, err := netup.HasLink(); err != nil || ok {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.coldplug:
+			return nil
+		case <-time.After(linkPoll):
+		}
 	}
-	a.log.Debug("coldplug", "rounds", rep.Rounds, "took", time.Since(start))
-	if rep.Err != nil {
-		a.log.Warn("some modules did not load", "err", rep.Err)
+}
+
+// modules waits for the coldplug that the drivers step started: the
+// ciphers that the CPU's features ask for (aesni_intel), which load last,
+// are for the disk. The steps before need only what they wait for
+// themselves: a link, a disk with the ESP, the vfat modules.
+func (a *agent) modules(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-a.coldplug:
 	}
-	a.say("modules: %d for the hardware (%s)", len(rep.Modules), strings.Join(rep.Modules, " "))
+	if a.plugErr != nil {
+		return a.plugErr
+	}
+	if a.plugged.Err != nil {
+		a.log.Warn("some modules did not load", "err", a.plugged.Err)
+	}
+	a.say("modules: %d for the hardware (%s)", len(a.plugged.Modules), strings.Join(a.plugged.Modules, " "))
 	return nil
 }
 
@@ -220,7 +299,7 @@ func (a *agent) progress(msg string) (stop func()) {
 }
 
 func (a *agent) keyFiles(ctx context.Context) error {
-	for _, m := range []string{"fs-vfat", "nls-cp437", "nls-iso8859-1", "nls-ascii"} {
+	for _, m := range espModules {
 		a.loadModule(m)
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
@@ -326,10 +405,7 @@ var errNoVolume = errors.New("the kernel command line names no LUKS volume (rd.l
 func (a *agent) openDisk(ctx context.Context) error {
 	defer a.opened.Close() // wipes the FDE secret
 	v, dev := a.volume, a.luksDev
-	// LUKS2's default cipher, aes-xts-plain64, loaded here rather than by
-	// the kernel's requests, each of which runs the agent anew as
-	// modprobe; other ciphers still load that way.
-	for _, m := range []string{"dm-crypt", "crypto-xts", "crypto-aes"} {
+	for _, m := range diskModules {
 		a.loadModule(m)
 	}
 	cs, err := disk.Cryptsetup()

@@ -185,9 +185,20 @@ func writeModalias(t *testing.T, sys, bus, dev, alias string) {
 
 // TestColdplug runs a coldplug over a sysfs tree laid out like QEMU's: a
 // virtio PCI function whose driver, once loaded, brings a virtio network
-// device, whose own driver the second round loads.
+// device, whose own driver the second round loads, and a CPU with AES-NI,
+// whose module loads after every device's.
 func TestColdplug(t *testing.T) {
 	sys := t.TempDir()
+	cpu := filepath.Join(sys, "devices", "system", "cpu")
+	if err := os.MkdirAll(cpu, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Feature 0x99 is X86_FEATURE_AES, which aesni_intel's alias asks for;
+	// the vendor, family and model are no real CPU's, so no model-specific
+	// module matches.
+	if err := os.WriteFile(filepath.Join(cpu, "modalias"), []byte("cpu:type:x86,ven00FFfam00FFmod00FF:feature:,0099,\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
 	pci := "pci0000:00/0000:00:03.0"
 	writeModalias(t, sys, "pci", pci, "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00")
 	writeModalias(t, sys, "pci", "pci0000:00/0000:00:04.0", "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00")
@@ -201,7 +212,7 @@ func TestColdplug(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Coldplug() = %v", err)
 	}
-	if want := []string{"e1000", "virtio_net", "virtio_pci"}; !reflect.DeepEqual(rep.Modules, want) {
+	if want := []string{"aesni_intel", "e1000", "virtio_net", "virtio_pci"}; !reflect.DeepEqual(rep.Modules, want) {
 		t.Errorf("Coldplug() modules = %v, want %v", rep.Modules, want)
 	}
 	if rep.Rounds != 2 {
@@ -211,6 +222,9 @@ func TestColdplug(t *testing.T) {
 		t.Errorf("Coldplug() load errors = %v", rep.Err)
 	}
 	checkOrder(t, l.index, r.order)
+	if i, j := slices.Index(r.order, "aesni_intel"), slices.Index(r.order, "virtio_net"); i < j {
+		t.Errorf("Coldplug() loaded %v, want aesni_intel after virtio_net", r.order)
+	}
 }
 
 func TestColdplugBounded(t *testing.T) {

@@ -2,7 +2,6 @@ package kmod
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -205,34 +204,4 @@ func initDecompressed(f *os.File, path string) error {
 		return fmt.Errorf("decompress %s: %w", path, err)
 	}
 	return unix.InitModule(b.Bytes(), "")
-}
-
-// loadAll loads modules concurrently, at most workers at a time, and
-// returns the errors of those that failed.
-func (l *Loader) loadAll(ctx context.Context, names []string, workers int) []error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-		sem  = make(chan struct{}, workers)
-	)
-	for _, n := range names {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return append(errs, ctx.Err())
-		}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := l.loadWithSoftdeps(n); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return errs
 }

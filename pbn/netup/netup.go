@@ -215,15 +215,9 @@ func (c Config) withDefaults() Config {
 // plan lists the attempts: for each link (all but loopback, or those ip=
 // names), one per DHCP version or the static set-up.
 func plan(cfg Config) ([]attempt, error) {
-	all, err := netlink.LinkList()
+	links, err := networkLinks()
 	if err != nil {
-		return nil, fmt.Errorf("network links: %w", err)
-	}
-	var links []netlink.Link
-	for _, l := range all {
-		if l.Attrs().Flags&net.FlagLoopback == 0 {
-			links = append(links, l)
-		}
+		return nil, err
 	}
 	ips := cfg.IP
 	if len(ips) == 0 {
@@ -242,6 +236,28 @@ func plan(cfg Config) ([]attempt, error) {
 		return nil, ErrNoLink
 	}
 	return attempts, nil
+}
+
+// HasLink reports whether there is a network link other than loopback,
+// which there is once a network card's driver has bound.
+func HasLink() (bool, error) {
+	links, err := networkLinks()
+	return len(links) > 0, err
+}
+
+// networkLinks returns every link but loopback.
+func networkLinks() ([]netlink.Link, error) {
+	all, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("network links: %w", err)
+	}
+	var links []netlink.Link
+	for _, l := range all {
+		if l.Attrs().Flags&net.FlagLoopback == 0 {
+			links = append(links, l)
+		}
+	}
+	return links, nil
 }
 
 func allOff(ips []cmdline.IP) bool {

@@ -39,7 +39,7 @@ func (s *Store) Append(ctx context.Context, e Event) (Event, error) {
 	if err != nil {
 		return e, fmt.Errorf("store: audit %s: %w", e.Kind, err)
 	}
-	err = s.db.QueryRowContext(ctx, `INSERT INTO audit (at, kind, device_id, actor, remote, detail)
+	err = s.queryRow(ctx, `INSERT INTO audit (at, kind, device_id, actor, remote, detail)
 		VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq`,
 		stamp(e.Time), e.Kind, e.Device, e.Actor, e.Remote, string(detail)).Scan(&e.Seq)
 	if err != nil {

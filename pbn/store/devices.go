@@ -148,7 +148,7 @@ func (s *Store) Device(ctx context.Context, id keyfile.ID) (Device, error) {
 // DeviceByKey returns the device whose signing key is the DER
 // SubjectPublicKeyInfo spki, or ErrNotFound.
 func (s *Store) DeviceByKey(ctx context.Context, spki []byte) (Device, error) {
-	d, err := scanDevice(s.db.QueryRowContext(ctx,
+	d, err := scanDevice(s.queryRow(ctx,
 		`SELECT `+deviceColumns+` FROM devices WHERE device_key_hash = $1`, KeyHash(spki)))
 	if err != nil {
 		return d, fmt.Errorf("store: device by key: %w", err)
@@ -224,7 +224,7 @@ func (s *Store) Binding(ctx context.Context, id keyfile.ID) (Binding, error) {
 	var b Binding
 	var dev, state string
 	var created, revoked int64
-	err := s.db.QueryRowContext(ctx, `SELECT device_id, state, created, revoked FROM bindings
+	err := s.queryRow(ctx, `SELECT device_id, state, created, revoked FROM bindings
 		WHERE id = $1`, id.String()).Scan(&dev, &state, &created, &revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		err = ErrNotFound

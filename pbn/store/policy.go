@@ -82,7 +82,7 @@ func (p Policy) Check() error {
 // set.
 func (s *Store) Policy(ctx context.Context, group string) (Policy, error) {
 	var doc []byte
-	err := s.db.QueryRowContext(ctx, `SELECT doc FROM policies WHERE device_group = $1`,
+	err := s.queryRow(ctx, `SELECT doc FROM policies WHERE device_group = $1`,
 		group).Scan(&doc)
 	if errors.Is(err, sql.ErrNoRows) {
 		return DefaultPolicy(group), nil

@@ -50,13 +50,19 @@ func BenchmarkTangExchangeP521(b *testing.B) {
 type load struct {
 	addr    string
 	request []byte
+	// reply is the server's answer to request, checked once: every
+	// exchange must get it again.
+	reply   []byte
 	lat     []time.Duration
 	elapsed time.Duration
 }
 
-// newLoad prepares one /rec request to the server's P-521 exchange key;
-// every exchange sends it again, so the load generator does no
-// arithmetic of its own.
+// newLoad prepares one /rec request to the server's P-521 exchange key
+// and checks the server's answer to it, before any timing: a fleet's
+// clients compute their requests and recover their keys on their own
+// CPUs, so every exchange sends the request again and the load generator
+// does no arithmetic of its own. The server still does all of its work
+// each time: parsing, the point check and the scalar multiplication.
 func newLoad(b *testing.B, base string, pin []byte) *load {
 	b.Helper()
 	keys, err := (&Client{}).Advertisement(testContext(b), base, pin)
@@ -79,7 +85,23 @@ func newLoad(b *testing.B, base string, pin []byte) *load {
 	req := fmt.Sprintf("POST /rec/%s HTTP/1.1\r\nHost: %s\r\n"+
 		"Content-Type: application/jwk+json\r\nContent-Length: %d\r\n"+
 		"Connection: close\r\n\r\n%s", keys[i].ID, u.Host, len(body), body)
-	return &load{addr: u.Host, request: []byte(req)}
+	l := &load{addr: u.Host, request: []byte(req)}
+	if _, err := l.exchange(); err != nil {
+		b.Fatal(err)
+	}
+	// The answer to e·G is d·(e·G) = e·S, S the advertised key.
+	y, err := parsePointJWK(l.reply, p521)
+	if err != nil {
+		b.Fatal(err)
+	}
+	want, err := p521.mul(keys[i].Point, e.Bytes())
+	if err != nil {
+		b.Fatal(err)
+	}
+	if !bytes.Equal(y, want) {
+		b.Fatalf("%s answered a wrong point", base)
+	}
+	return l
 }
 
 // run sends n exchanges from benchClients concurrent clients.
@@ -117,7 +139,8 @@ func (l *load) run(b *testing.B, n int) {
 }
 
 // exchange does one exchange on a fresh connection and returns its
-// latency, connection set-up included.
+// latency, connection set-up included. The first answer becomes
+// l.reply; the later ones must equal it.
 func (l *load) exchange() (time.Duration, error) {
 	start := time.Now()
 	c, err := net.DialTimeout("tcp", l.addr, 10*time.Second)
@@ -139,10 +162,14 @@ func (l *load) exchange() (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	if resp.StatusCode != http.StatusOK || !bytes.Contains(reply, []byte(`"x":`)) {
-		return 0, fmt.Errorf("reply %s %.40q, want 200 with a JWK", resp.Status, reply)
+	d := time.Since(start)
+	if l.reply == nil && resp.StatusCode == http.StatusOK {
+		l.reply = reply
 	}
-	return time.Since(start), nil
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(reply, l.reply) {
+		return 0, fmt.Errorf("reply %s %.40q, want 200 with the checked JWK", resp.Status, reply)
+	}
+	return d, nil
 }
 
 func (l *load) report(b *testing.B, prefix string) {

@@ -23,7 +23,7 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
-	_ "modernc.org/sqlite"             // registers the "sqlite" driver
+	"modernc.org/sqlite"               // registers the "sqlite" driver
 
 	"github.com/pbn-project/pbn/pbn/secret"
 )
@@ -106,12 +106,40 @@ func Open(ctx context.Context, dsn string, masterKey secret.Bytes, opts Options)
 		// under load; statements are short.
 		s.db.SetMaxOpenConns(1)
 	}
-	if err := s.migrate(ctx); err != nil {
+	if err := s.migrateWhenFree(ctx); err != nil {
 		s.db.Close()
 		return nil, err
 	}
 	return s, nil
 }
+
+// Bounds on waiting for another process that opens the same SQLite file.
+const (
+	busyTries = 50
+	busyPause = 20 * time.Millisecond
+)
+
+// migrateWhenFree migrates the schema, waiting a bounded time while another
+// process opening the same SQLite file holds it: SQLite answers SQLITE_BUSY
+// at once, without its busy timeout, while a first connection switches the
+// file to WAL.
+func (s *Store) migrateWhenFree(ctx context.Context) error {
+	for try := 1; ; try++ {
+		err := s.migrate(ctx)
+		var e *sqlite.Error
+		if !errors.As(err, &e) || e.Code()&0xff != sqliteBusy || try == busyTries {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(busyPause):
+		}
+	}
+}
+
+// sqliteBusy is SQLite's primary result code SQLITE_BUSY.
+const sqliteBusy = 5
 
 // sqliteDSN makes a modernc.org/sqlite connection string for the file at
 // path: a busy timeout first, so that concurrent writers (and the switch to

@@ -14,10 +14,10 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/pbn-project/pbn/internal/loadgen"
 	"github.com/pbn-project/pbn/internal/tangdtest"
 	"github.com/pbn-project/pbn/pbn/tang"
 )
@@ -48,19 +48,18 @@ func BenchmarkPBNUnlock(b *testing.B) {
 	pbn := pbnLoad(b)
 	tangd := tangdLoad(b)
 	for range b.N {
-		pbn.run(b, benchPerRound)
-		tangd.run(b, benchPerRound)
+		pbn.Run(b, benchPerRound, pbn.clients)
+		tangd.Run(b, benchPerRound, tangd.clients)
 	}
-	pbn.report(b, "")
-	tangd.report(b, "baseline-")
+	pbn.Report(b, "", "unlocks/s")
+	tangd.Report(b, "baseline-", "unlocks/s")
 }
 
 // A load is a kind of request sent to one server, one function a client,
 // and the latencies measured.
 type load struct {
 	clients []func() error
-	lat     []time.Duration
-	elapsed time.Duration
+	loadgen.Latencies
 }
 
 // pbnLoad prepares the unlocks of the load generator. The client's own
@@ -218,48 +217,4 @@ func tangdPoint(b *testing.B, reply []byte) []byte {
 		b.Fatalf("tangd's answer %.40q: coordinates not base64url", reply)
 	}
 	return slices.Concat([]byte{4}, x, y)
-}
-
-// run sends n requests from the clients at once.
-func (l *load) run(b *testing.B, n int) {
-	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		errs []error
-	)
-	next := make(chan struct{}, n)
-	for range n {
-		next <- struct{}{}
-	}
-	close(next)
-	start := time.Now()
-	for _, do := range l.clients {
-		wg.Go(func() {
-			for range next {
-				t := time.Now()
-				err := do()
-				mu.Lock()
-				l.lat = append(l.lat, time.Since(t))
-				if err != nil {
-					errs = append(errs, err)
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	l.elapsed += time.Since(start)
-	if len(errs) > 0 {
-		b.Fatalf("%d of %d requests failed, the first: %v", len(errs), n, errs[0])
-	}
-}
-
-func (l *load) report(b *testing.B, prefix string) {
-	slices.Sort(l.lat)
-	pct := func(p float64) float64 {
-		return float64(l.lat[int(p*float64(len(l.lat)-1))]) / float64(time.Millisecond)
-	}
-	b.ReportMetric(float64(len(l.lat))/l.elapsed.Seconds(), prefix+"unlocks/s")
-	b.ReportMetric(pct(0.50), prefix+"p50-ms")
-	b.ReportMetric(pct(0.99), prefix+"p99-ms")
 }

@@ -10,10 +10,10 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/pbn-project/pbn/internal/loadgen"
 	"github.com/pbn-project/pbn/internal/tangdtest"
 )
 
@@ -41,8 +41,8 @@ func BenchmarkTangExchangeP521(b *testing.B) {
 		pbn.run(b, benchPerRound)
 		tangd.run(b, benchPerRound)
 	}
-	pbn.report(b, "")
-	tangd.report(b, "baseline-")
+	pbn.Report(b, "", "exchanges/s")
+	tangd.Report(b, "baseline-", "exchanges/s")
 }
 
 // A load is the fresh-connection exchanges sent to one server and their
@@ -52,9 +52,8 @@ type load struct {
 	request []byte
 	// reply is the server's answer to request, checked once: every
 	// exchange must get it again.
-	reply   []byte
-	lat     []time.Duration
-	elapsed time.Duration
+	reply []byte
+	loadgen.Latencies
 }
 
 // newLoad prepares one /rec request to the server's P-521 exchange key
@@ -86,7 +85,7 @@ func newLoad(b *testing.B, base string, pin []byte) *load {
 		"Content-Type: application/jwk+json\r\nContent-Length: %d\r\n"+
 		"Connection: close\r\n\r\n%s", keys[i].ID, u.Host, len(body), body)
 	l := &load{addr: u.Host, request: []byte(req)}
-	if _, err := l.exchange(); err != nil {
+	if err := l.exchange(); err != nil {
 		b.Fatal(err)
 	}
 	// The answer to e·G is d·(e·G) = e·S, S the advertised key.
@@ -107,79 +106,43 @@ func newLoad(b *testing.B, base string, pin []byte) *load {
 // run sends n exchanges from benchClients concurrent clients.
 func (l *load) run(b *testing.B, n int) {
 	b.Helper()
-	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		errs []error
-	)
-	next := make(chan struct{}, n)
-	for range n {
-		next <- struct{}{}
+	clients := make([]func() error, benchClients)
+	for i := range clients {
+		clients[i] = l.exchange
 	}
-	close(next)
-	start := time.Now()
-	for range benchClients {
-		wg.Go(func() {
-			for range next {
-				d, err := l.exchange()
-				mu.Lock()
-				l.lat = append(l.lat, d)
-				if err != nil {
-					errs = append(errs, err)
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	l.elapsed += time.Since(start)
-	if len(errs) > 0 {
-		b.Fatalf("%d of %d exchanges with %s failed, the first: %v", len(errs), n, l.addr, errs[0])
-	}
+	l.Run(b, n, clients)
 }
 
-// exchange does one exchange on a fresh connection and returns its
-// latency, connection set-up included. The first answer becomes
-// l.reply; the later ones must equal it.
-func (l *load) exchange() (time.Duration, error) {
+// exchange does one exchange on a fresh connection. The first answer
+// becomes l.reply; the later ones must equal it.
+func (l *load) exchange() error {
 	start := time.Now()
 	c, err := net.DialTimeout("tcp", l.addr, 10*time.Second)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer c.Close()
 	c.SetDeadline(start.Add(30 * time.Second))
 	if _, err := c.Write(l.request); err != nil {
-		return 0, err
+		return err
 	}
 	// tangd reads requests until the client closes, so the reply ends at
 	// its Content-Length, not at the end of the connection.
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	reply, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	d := time.Since(start)
 	if l.reply == nil && resp.StatusCode == http.StatusOK {
 		l.reply = reply
 	}
 	if resp.StatusCode != http.StatusOK || !bytes.Equal(reply, l.reply) {
-		return 0, fmt.Errorf("reply %s %.40q, want 200 with the checked JWK", resp.Status, reply)
+		return fmt.Errorf("reply %s %.40q, want 200 with the checked JWK", resp.Status, reply)
 	}
-	return d, nil
-}
-
-func (l *load) report(b *testing.B, prefix string) {
-	slices.Sort(l.lat)
-	pct := func(p float64) float64 {
-		return float64(l.lat[int(p*float64(len(l.lat)-1))]) / float64(time.Millisecond)
-	}
-	b.ReportMetric(float64(len(l.lat))/l.elapsed.Seconds(), prefix+"exchanges/s")
-	b.ReportMetric(pct(0.50), prefix+"p50-ms")
-	b.ReportMetric(pct(0.99), prefix+"p99-ms")
+	return nil
 }
 
 // BenchmarkExchange measures the exchange primitive alone, Keys.Exchange:

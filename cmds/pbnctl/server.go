@@ -175,6 +175,34 @@ func serverCode(err error) error {
 }
 
 // findDevice resolves DEVICE: an ID, or a unique hostname.
+// deviceClient connects to the key server and finds the device that the
+// command's one argument names. The caller defers cancel.
+func (s *serverFlags) deviceClient(ctx context.Context) (*keyserver.Client, keyfile.ID, context.Context, context.CancelFunc, error) {
+	c, ctx, cancel, err := s.client(ctx)
+	if err != nil {
+		return nil, keyfile.ID{}, nil, nil, err
+	}
+	id, err := findDevice(ctx, c, s.fl.Arg(0))
+	if err != nil {
+		cancel()
+		return nil, keyfile.ID{}, nil, nil, err
+	}
+	return c, id, ctx, cancel, nil
+}
+
+// reasonFlag adds the --reason flag that the audit trail records for an
+// action; parse it with requireReason.
+func (s *serverFlags) reasonFlag() *string {
+	return s.fl.String("reason", "", "why, for the audit trail (required)")
+}
+
+func requireReason(name, reason string) error {
+	if reason == "" {
+		return usageError("%s: --reason is required", name)
+	}
+	return nil
+}
+
 func findDevice(ctx context.Context, c *keyserver.Client, arg string) (keyfile.ID, error) {
 	if id, err := keyfile.ParseID(arg); err == nil {
 		return id, nil
@@ -231,15 +259,11 @@ func deviceShow(ctx context.Context, io stdio, args []string) error {
 	if err := s.parse(args, 1); err != nil {
 		return err
 	}
-	c, ctx, cancel, err := s.client(ctx)
+	c, id, ctx, cancel, err := s.deviceClient(ctx)
 	if err != nil {
 		return err
 	}
 	defer cancel()
-	id, err := findDevice(ctx, c, s.fl.Arg(0))
-	if err != nil {
-		return err
-	}
 	d, err := c.Device(ctx, id)
 	if err != nil {
 		return serverCode(err)
@@ -263,22 +287,18 @@ func deviceShow(ctx context.Context, io stdio, args []string) error {
 func deviceState(st store.DeviceState) func(context.Context, stdio, []string) error {
 	return func(ctx context.Context, io stdio, args []string) error {
 		s := newServerFlags(io, "device "+string(st), "--reason TEXT [flags] DEVICE")
-		reason := s.fl.String("reason", "", "why, for the audit trail (required)")
+		reason := s.reasonFlag()
 		if err := s.parse(args, 1); err != nil {
 			return err
 		}
-		if *reason == "" {
-			return usageError("device: --reason is required")
+		if err := requireReason("device", *reason); err != nil {
+			return err
 		}
-		c, ctx, cancel, err := s.client(ctx)
+		c, id, ctx, cancel, err := s.deviceClient(ctx)
 		if err != nil {
 			return err
 		}
 		defer cancel()
-		id, err := findDevice(ctx, c, s.fl.Arg(0))
-		if err != nil {
-			return err
-		}
 		if err := c.SetDeviceState(ctx, id, st, *reason); err != nil {
 			return serverCode(err)
 		}
@@ -289,22 +309,18 @@ func deviceState(st store.DeviceState) func(context.Context, stdio, []string) er
 
 func recoveryShow(ctx context.Context, io stdio, args []string) error {
 	s := newServerFlags(io, "recovery show", "--reason TEXT [flags] DEVICE")
-	reason := s.fl.String("reason", "", "why, for the audit trail (required)")
+	reason := s.reasonFlag()
 	if err := s.parse(args, 1); err != nil {
 		return err
 	}
-	if *reason == "" {
-		return usageError("recovery show: --reason is required")
+	if err := requireReason("recovery show", *reason); err != nil {
+		return err
 	}
-	c, ctx, cancel, err := s.client(ctx)
+	c, id, ctx, cancel, err := s.deviceClient(ctx)
 	if err != nil {
 		return err
 	}
 	defer cancel()
-	id, err := findDevice(ctx, c, s.fl.Arg(0))
-	if err != nil {
-		return err
-	}
 	keys, err := c.Recovery(ctx, id, *reason)
 	if err != nil {
 		return serverCode(err)

@@ -1,0 +1,200 @@
+// Package config reads the pre-boot agent's configuration: what the image
+// knows about the enterprise before it has read any key file.
+//
+// The image holds it in /etc/pbn (initramfs.ConfigDir): pbn.conf, a JSON
+// object (see Config), and ca.pem, the CA certificates that issued the
+// domain controllers' certificates. The key server needs no entry here: each
+// key file names its server and pins its key.
+//
+// An example:
+//
+//	{
+//	  "version": 1,
+//	  "ad": {"domain": "corp.example.test", "dcs": ["ldaps://dc1.corp.example.test"]},
+//	  "autoboot": {"countdown": "5s"}
+//	}
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/pbn-project/pbn/pbn/ad"
+)
+
+// Dir is where the image keeps the configuration.
+const Dir = "/etc/pbn"
+
+// File names inside Dir.
+const (
+	ConfigFile = "pbn.conf"
+	CAFile     = "ca.pem"
+)
+
+// Version is the configuration format this package reads.
+const Version = 1
+
+// MaxSize bounds pbn.conf and ca.pem: both are a few kilobytes.
+const MaxSize = 64 << 10
+
+// DefaultCountdown is how long the sign-in prompt waits before an
+// unattended boot when the configuration gives no countdown.
+const DefaultCountdown = 5 * time.Second
+
+// MaxCountdown bounds the countdown: a laptop that waits longer than this
+// for nobody is broken, not patient.
+const MaxCountdown = 10 * time.Minute
+
+// Config is the agent's configuration.
+type Config struct {
+	// Version is Version.
+	Version int `json:"version"`
+	// AD is the domain that users sign in to; a zero AD means the image
+	// knows no domain, and only key files that need none open.
+	AD AD `json:"ad"`
+	// Autoboot says how the provisioning stage boots unattended.
+	Autoboot Autoboot `json:"autoboot"`
+}
+
+// AD names the Active Directory domain and its domain controllers.
+type AD struct {
+	// Domain is the domain's DNS name.
+	Domain string `json:"domain,omitempty"`
+	// DCs are the domain controllers' URLs (ldaps:// or ldap:// with
+	// StartTLS), tried in order; empty means DNS SRV lookup.
+	DCs []string `json:"dcs,omitempty"`
+	// LDAPS reaches DCs found in DNS by LDAPS.
+	LDAPS bool `json:"ldaps,omitempty"`
+
+	// ca is the content of ca.pem.
+	ca []byte
+}
+
+// Autoboot configures the unattended boot of the provisioning stage.
+type Autoboot struct {
+	// Countdown is how long the sign-in prompt is shown, counting down,
+	// before the unattended boot; zero means DefaultCountdown. A person
+	// who presses a key in that time signs in instead.
+	Countdown Duration `json:"countdown,omitzero"`
+}
+
+// Duration is a time.Duration written as a string such as "5s".
+type Duration time.Duration
+
+// MarshalJSON writes d as a string such as "5s".
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a string such as "5s" or "1m30s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return errors.New(`a duration is a string such as "5s"`)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Load reads the configuration in dir (Dir in the image). A missing
+// pbn.conf is not an error: the configuration is then the zero one, which
+// knows no domain.
+func Load(dir string) (*Config, error) {
+	b, err := readFile(filepath.Join(dir, ConfigFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return &Config{Version: Version}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, err
+	}
+	if c.AD.Domain != "" {
+		if c.AD.ca, err = readFile(filepath.Join(dir, CAFile)); err != nil {
+			return nil, fmt.Errorf("config: the domain controllers' CA: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// readFile reads at most MaxSize bytes of a file.
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxSize {
+		return nil, fmt.Errorf("config: %s is larger than %d bytes", path, MaxSize)
+	}
+	return b, nil
+}
+
+// Parse reads pbn.conf strictly: an unknown field, a second JSON value or
+// a value out of range is an error that names it.
+func Parse(b []byte) (*Config, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("config: %s: %w", ConfigFile, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("config: %s: more than one JSON value", ConfigFile)
+	}
+	if err := c.check(); err != nil {
+		return nil, fmt.Errorf("config: %s: %w", ConfigFile, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) check() error {
+	if c.Version != Version {
+		return fmt.Errorf("version %d, want %d", c.Version, Version)
+	}
+	if c.AD.Domain == "" && (len(c.AD.DCs) > 0 || c.AD.LDAPS) {
+		return errors.New("ad: domain controllers without a domain")
+	}
+	if cd := time.Duration(c.Autoboot.Countdown); cd < 0 || cd > MaxCountdown {
+		return fmt.Errorf("autoboot: countdown %v, want 0 to %v", cd, MaxCountdown)
+	}
+	return nil
+}
+
+// Countdown returns the autoboot countdown.
+func (c *Config) Countdown() time.Duration {
+	if c.Autoboot.Countdown == 0 {
+		return DefaultCountdown
+	}
+	return time.Duration(c.Autoboot.Countdown)
+}
+
+// HasAD says whether the configuration names a domain.
+func (c *Config) HasAD() bool { return c.AD.Domain != "" }
+
+// ADConfig returns the configuration of package ad for the domain, with
+// now as the clock (the agent's, no earlier than the image's build time).
+// It fails when the configuration names no domain or ad.New would refuse
+// it.
+func (c *Config) ADConfig(now func() time.Time) (ad.Config, error) {
+	if !c.HasAD() {
+		return ad.Config{}, errors.New("config: no Active Directory domain configured")
+	}
+	return ad.Config{Domain: c.AD.Domain, DCs: c.AD.DCs, LDAPS: c.AD.LDAPS, CA: c.AD.ca, Now: now}, nil
+}

@@ -1,0 +1,105 @@
+package config
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const example = `{"version": 1, "ad": {"domain": "corp.example.test", "dcs": ["ldaps://dc1.corp.example.test"]},
+ "autoboot": {"countdown": "3s"}}`
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, ConfigFile), []byte(example), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir); err == nil {
+		t.Fatal("Load without ca.pem succeeded, want an error naming the CA")
+	}
+	if err := os.WriteFile(filepath.Join(dir, CAFile), []byte("PEM"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Countdown(), 3*time.Second; got != want {
+		t.Errorf("Countdown = %v, want %v", got, want)
+	}
+	a, err := c.ADConfig(time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Domain != "corp.example.test" || len(a.DCs) != 1 || string(a.CA) != "PEM" || a.Now == nil {
+		t.Errorf("ADConfig = %+v", a)
+	}
+}
+
+func TestLoadMissing(t *testing.T) {
+	c, err := Load(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HasAD() || c.Countdown() != DefaultCountdown {
+		t.Errorf("Load of nothing = %+v, want no domain and the default countdown", c)
+	}
+	if _, err := c.ADConfig(time.Now); err == nil {
+		t.Error("ADConfig without a domain succeeded")
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"empty", ``, "EOF"},
+		{"version", `{"version": 2}`, "version 2"},
+		{"unknown field", `{"version": 1, "server": "x"}`, `unknown field "server"`},
+		{"two values", `{"version": 1} {}`, "more than one"},
+		{"dcs without domain", `{"version": 1, "ad": {"dcs": ["ldaps://dc"]}}`, "without a domain"},
+		{"negative countdown", `{"version": 1, "autoboot": {"countdown": "-1s"}}`, "countdown"},
+		{"huge countdown", `{"version": 1, "autoboot": {"countdown": "1h"}}`, "countdown"},
+		{"countdown number", `{"version": 1, "autoboot": {"countdown": 5}}`, "duration"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.in))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Parse(%q) = %v, want an error with %q", tc.in, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	c, err := Parse([]byte(example))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Parse(b)
+	if err != nil {
+		t.Fatalf("Parse(Marshal) = %v\n%s", err, b)
+	}
+	if d.Countdown() != c.Countdown() || d.AD.Domain != c.AD.Domain {
+		t.Errorf("round trip = %+v, want %+v", d, c)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(example))
+	f.Add([]byte(`{"version": 1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			return
+		}
+		if cd := c.Countdown(); cd <= 0 || cd > MaxCountdown {
+			t.Errorf("accepted countdown %v", cd)
+		}
+	})
+}

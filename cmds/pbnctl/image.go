@@ -24,6 +24,12 @@ Builds the pre-boot image: the agent as /init, kernel modules, cryptsetup
 and the configuration files, as a compressed initramfs, and prints a size
 report per part.
 
+With -pxe DIR it also writes what a PXE or HTTP boot needs into DIR: the
+kernel (vmlinuz), the image (pbn.img) and an iPXE script (boot.ipxe) whose
+kernel command line selects the imaging mode (pbn.mode=image). -pxe-url
+names where DIR is served over HTTP; without it the script fetches the two
+from wherever it was fetched itself (TFTP, say).
+
 exit codes:
   0  success
   1  any other failure
@@ -49,11 +55,18 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 	fl.Var(&cmds, "cmd", "a further Go command `package` for the busybox (u-root's, say); repeatable")
 	fl.Var(&files, "file", "a host file to add, `src:dst` with dst relative to /; repeatable")
 	report := fl.String("report", "", "also write the size report to `file`")
+	pxeDir := fl.String("pxe", "", "also write the kernel, the image and an iPXE script into `dir`")
+	pxeURL := fl.String("pxe-url", "", "the http(s) `URL` that serves the -pxe directory")
+	pxeAppend := fl.String("pxe-append", "console=tty0 console=ttyS0",
+		"the rest of the PXE entry's kernel command line, after pbn.mode=image")
 	if err := fl.Parse(args); err != nil {
 		return withCode(exitUsage, err)
 	}
 	if fl.NArg() > 0 {
 		return usageError("image build: unexpected argument %q", fl.Arg(0))
+	}
+	if *pxeDir == "" && *pxeURL != "" {
+		return usageError("image build: -pxe-url without -pxe")
 	}
 
 	cfg := initramfs.Config{Kernel: *kernel, Agent: *agent, Commands: cmds,
@@ -92,6 +105,14 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 	var table bytes.Buffer
 	rep.WriteTo(&table)
 	fmt.Fprintf(io.out, "%s: %d bytes\n%s", *out, img.Len(), table.String())
+	if *pxeDir != "" {
+		pxe := initramfs.PXE{BaseURL: *pxeURL, Append: *pxeAppend}
+		if err := initramfs.WritePXE(*pxeDir, rep.Kernel, img.Bytes(), pxe); err != nil {
+			return err
+		}
+		fmt.Fprintf(io.out, "%s: %s, %s and %s for a network boot\n", *pxeDir,
+			initramfs.PXEKernel, initramfs.PXEImage, initramfs.PXEScript)
+	}
 	if *report != "" {
 		return os.WriteFile(*report, table.Bytes(), 0o644)
 	}

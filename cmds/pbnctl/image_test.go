@@ -21,6 +21,7 @@ func TestImageBuildUsage(t *testing.T) {
 		{"help", []string{"image", "-h"}, exitOK},
 		{"file without destination", []string{"image", "build", "-file", "/etc/hostname"}, exitUsage},
 		{"stray argument", []string{"image", "build", "extra"}, exitUsage},
+		{"pxe url without pxe", []string{"image", "build", "-pxe-url", "http://10.99.0.1/"}, exitUsage},
 		{"unknown flag", []string{"image", "build", "-bogus"}, exitUsage},
 		{"unknown compression", []string{"image", "build", "-compress", "lzma", "-o", "/dev/null"}, exitError},
 		{"kernel not installed", []string{"image", "build", "-kernel", "0.0.0-none", "-o", "/dev/null"}, exitNoKernel},

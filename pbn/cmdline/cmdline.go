@@ -12,6 +12,7 @@ package cmdline
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -91,8 +92,25 @@ const (
 	FailPowerOff Failure = "poweroff"
 )
 
+// Mode is what the agent does at this boot: pbn.mode=.
+type Mode string
+
+// The agent's modes.
+const (
+	// ModeBoot opens the disk and boots the OS on it: the default.
+	ModeBoot Mode = "boot"
+	// ModeImage images the disk: the PXE entry's mode (package imaging).
+	ModeImage Mode = "image"
+)
+
 // Options are the agent's pbn.* options.
 type Options struct {
+	// Mode is pbn.mode=: boot (the default) or image.
+	Mode Mode
+	// Payload is pbn.payload=, an https URL: in the imaging mode, the OS
+	// payload to write instead of the one the configuration names. The
+	// configuration's pinned CA still authenticates its server.
+	Payload string
 	// OnFail is pbn.onfail=: halt (the default), reboot or poweroff.
 	OnFail Failure
 	// FailWait is pbn.failwait=, a Go duration: how long the failure
@@ -142,6 +160,7 @@ func (e *Error) Sentence() string {
 // of type *Error.
 func Parse(s string) (*Cmdline, error) {
 	c := &Cmdline{PBN: Options{
+		Mode:          ModeBoot,
 		OnFail:        FailHalt,
 		FailWait:      DefaultFailWait,
 		Tries:         DefaultTries,
@@ -250,6 +269,15 @@ func (c *Cmdline) addLUKSName(value string) error {
 func (o *Options) set(key, value string, hasValue bool) error {
 	var err error
 	switch key {
+	case "mode":
+		switch m := Mode(value); m {
+		case ModeBoot, ModeImage:
+			o.Mode = m
+		default:
+			err = errors.New("want boot or image")
+		}
+	case "payload":
+		o.Payload, err = parseHTTPS(value)
 	case "onfail":
 		switch f := Failure(value); f {
 		case FailHalt, FailReboot, FailPowerOff:
@@ -364,6 +392,15 @@ func parsePath(s string) (string, error) {
 	if !strings.HasPrefix(s, "/") || strings.Contains(s, "\x00") || strings.Contains(s, "/../") ||
 		strings.HasSuffix(s, "/..") {
 		return "", errors.New("want an absolute path")
+	}
+	return s, nil
+}
+
+// parseHTTPS checks an https URL with a host.
+func parseHTTPS(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
+		return "", errors.New("want an https URL with a host and no user")
 	}
 	return s, nil
 }

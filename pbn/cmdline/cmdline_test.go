@@ -16,7 +16,7 @@ const (
 )
 
 func defaults() Options {
-	return Options{OnFail: FailHalt, FailWait: DefaultFailWait, Tries: DefaultTries,
+	return Options{Mode: ModeBoot, OnFail: FailHalt, FailWait: DefaultFailWait, Tries: DefaultTries,
 		NetTimeout: DefaultNetTimeout, DeviceTimeout: DefaultDeviceTimeout}
 }
 
@@ -41,8 +41,14 @@ func TestParse(t *testing.T) {
 		{"quoted", `pbn.onfail="poweroff" init="/sbin/init"`,
 			Cmdline{Init: "/sbin/init", PBN: func() Options { o := defaults(); o.OnFail = FailPowerOff; return o }()}},
 		{"pbn options", "pbn.onfail=reboot pbn.failwait=0s pbn.tries=5 pbn.nettimeout=800ms pbn.devtimeout=2s pbn.debug",
-			Cmdline{PBN: Options{OnFail: FailReboot, FailWait: 0, Tries: 5, NetTimeout: 800 * time.Millisecond,
+			Cmdline{PBN: Options{Mode: ModeBoot, OnFail: FailReboot, FailWait: 0, Tries: 5, NetTimeout: 800 * time.Millisecond,
 				DeviceTimeout: 2 * time.Second, Debug: true}}},
+		{"imaging", "pbn.mode=image pbn.payload=https://images.corp.example.test/os.img",
+			Cmdline{PBN: func() Options {
+				o := defaults()
+				o.Mode, o.Payload = ModeImage, "https://images.corp.example.test/os.img"
+				return o
+			}()}},
 		{"ip dhcp", "ip=dhcp", Cmdline{IP: []IP{{Method: MethodDHCP}}, PBN: defaults()}},
 		{"ip on", "ip=on", Cmdline{IP: []IP{{Method: MethodAny}}, PBN: defaults()}},
 		{"ip off", "ip=none", Cmdline{IP: []IP{{Method: MethodOff}}, PBN: defaults()}},
@@ -101,6 +107,9 @@ func TestParseErrors(t *testing.T) {
 		{"pbn.failwait=-1s", "pbn.failwait=-1s"},
 		{"pbn.onfail=shell", "pbn.onfail=shell"},
 		{"pbn.debug=1", "pbn.debug=1"},
+		{"pbn.mode=install", "pbn.mode=install"},
+		{"pbn.payload=http://images.lab/os.img", "pbn.payload=http://images.lab/os.img"},
+		{"pbn.payload=https:///os.img", "pbn.payload=https:///os.img"},
 		{"ip=auto6", "ip=auto6"},
 		{"ip=bogus", "ip=bogus"},
 		{"ip=eth0", "ip=eth0"},
@@ -140,6 +149,7 @@ func FuzzParse(f *testing.F) {
 		"ip=192.0.2.10::192.0.2.1:255.255.255.0:laptop:eth0:none:192.0.2.53:192.0.2.54",
 		"ip=eth0:dhcp:1500:52:54:00:12:34:56 pbn.tries=3 pbn.onfail=poweroff",
 		`init="/bin/sh -c" "a b"`,
+		"pbn.mode=image pbn.payload=https://10.99.0.1:8443/tinyos.ext4",
 	} {
 		f.Add(s)
 	}
@@ -156,6 +166,12 @@ func FuzzParse(f *testing.F) {
 			if len(l.UUID) != 36 || strings.ToLower(l.UUID) != l.UUID || l.Name == "" || strings.Contains(l.Name, "/") {
 				t.Errorf("Parse(%q) LUKS %+v: not a lower-case UUID and a name", s, l)
 			}
+		}
+		if c.PBN.Mode != ModeBoot && c.PBN.Mode != ModeImage {
+			t.Errorf("Parse(%q) mode = %q", s, c.PBN.Mode)
+		}
+		if c.PBN.Payload != "" && !strings.HasPrefix(c.PBN.Payload, "https://") {
+			t.Errorf("Parse(%q) payload = %q, want an https URL", s, c.PBN.Payload)
 		}
 		if c.PBN.Tries < 1 || c.PBN.Tries > maxTries {
 			t.Errorf("Parse(%q) tries = %d", s, c.PBN.Tries)

@@ -70,7 +70,9 @@ type Lab struct {
 	closers []func() error
 	taps    int
 	laptops int
-	closed  bool
+	// laptopNumbers numbers the laptops by name, for their MAC address.
+	laptopNumbers map[string]int
+	closed        bool
 }
 
 // Options configure a Lab.
@@ -264,10 +266,6 @@ func (l *Lab) start(name string, cmd *exec.Cmd, netns bool) (*Process, error) {
 	return p, nil
 }
 
-// TODO: a PXE and TFTP service (dnsmasq's --enable-tftp with iPXE) for
-// laptops that boot the image from the network; the PXE story needs it,
-// and LaptopOptions would then boot without Kernel and Initrd.
-
 // Close stops every process the lab started, newest first, and removes the
 // namespace with its bridge and taps, and the lab's directory. It is safe
 // to call more than once.
@@ -304,17 +302,24 @@ func (l *Lab) onClose(f func() error) {
 // serves no DNS, and offers at once: no ping of the address first, which
 // would add seconds to every boot.
 func (l *Lab) StartDHCP(ctx context.Context) (*Process, error) {
+	return l.startDnsmasq(ctx)
+}
+
+// startDnsmasq starts dnsmasq as StartDHCP describes, with further
+// options extra, and returns once it listens.
+func (l *Lab) startDnsmasq(ctx context.Context, extra ...string) (*Process, error) {
 	dnsmasq, err := lookSbin("dnsmasq")
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(dnsmasq, "--keep-in-foreground", "--no-resolv", "--no-hosts",
+	cmd := exec.Command(dnsmasq, append([]string{"--keep-in-foreground", "--no-resolv", "--no-hosts",
 		"--conf-file=/dev/null", "--port=0", "--no-ping", "--interface=br0", "--bind-interfaces",
-		"--pid-file="+filepath.Join(l.Dir, "dnsmasq.pid"),
-		"--dhcp-leasefile="+l.LeaseFile(),
+		"--pid-file=" + filepath.Join(l.Dir, "dnsmasq.pid"),
+		"--dhcp-leasefile=" + l.LeaseFile(),
 		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,1h", dhcpFirst, dhcpLast),
-		"--dhcp-option=option:router,"+Gateway.String(),
-		"--dhcp-authoritative", "--log-dhcp", "--log-facility="+filepath.Join(l.Dir, "dnsmasq.log"))
+		"--dhcp-option=option:router," + Gateway.String(),
+		"--dhcp-authoritative", "--log-dhcp", "--log-facility=" + filepath.Join(l.Dir, "dnsmasq.log")},
+		extra...)...)
 	p, err := l.Start("dnsmasq", cmd)
 	if err != nil {
 		return nil, err

@@ -35,9 +35,15 @@ const (
 
 // LaptopOptions describe a QEMU laptop.
 type LaptopOptions struct {
-	Kernel string // the kernel image to boot directly
-	Initrd string // its initramfs
-	Append string // the kernel command line, after console=ttyS0
+	// Kernel is the kernel image to boot directly, with Initrd as its
+	// initramfs and Append as its command line after console=ttyS0. An
+	// empty Kernel boots from the network instead, as a blank laptop
+	// does: SeaBIOS runs the network card's iPXE option ROM (Debian's
+	// ipxe-qemu, in /usr/lib/ipxe/qemu), which the lab's PXE service
+	// answers (Lab.StartPXE).
+	Kernel string
+	Initrd string
+	Append string
 
 	// Disks are raw image files attached in order; each on DiskInterface
 	// (default Virtio).
@@ -62,7 +68,10 @@ type Laptop struct {
 
 // Laptop starts a laptop on the LAN: a swtpm of its own as the TPM 2.0
 // (tpm-tis), a tap on the bridge, and QEMU booting opts.Kernel with
-// opts.Initrd, its serial console on Console. The lab stops it at Close.
+// opts.Initrd, or from the network, its serial console on Console. The lab
+// stops it at Close. A second laptop of the same name has the same TPM
+// state and MAC address as the first, as the same machine rebooted does;
+// the first must have ended.
 func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Laptop, error) {
 	qemu, err := lookSbin("qemu-system-x86_64")
 	if err != nil {
@@ -72,10 +81,7 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
 	}
-	l.mu.Lock()
-	l.laptops++
-	n := l.laptops
-	l.mu.Unlock()
+	n := l.laptopNumber(name)
 	m := &Laptop{Name: name, MAC: fmt.Sprintf("52:54:00:99:%02x:%02x", n/256%256, n%256)}
 
 	args := []string{
@@ -83,10 +89,17 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 		"-m", strconv.Itoa(cmp.Or(opts.Memory, DefaultMemory)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-serial", "stdio", "-no-reboot",
-		"-kernel", opts.Kernel, "-initrd", opts.Initrd,
-		// panic=-1: a kernel panic ends QEMU (-no-reboot) at once, so
-		// Expect fails fast instead of at its deadline.
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 " + opts.Append),
+	}
+	switch {
+	case opts.Kernel != "":
+		args = append(args, "-kernel", opts.Kernel, "-initrd", opts.Initrd,
+			// panic=-1: a kernel panic ends QEMU (-no-reboot) at once,
+			// so Expect fails fast instead of at its deadline.
+			"-append", strings.TrimSpace("console=ttyS0 panic=-1 "+opts.Append))
+	case opts.NIC == "none":
+		return nil, fmt.Errorf("lab: laptop %s: a network boot needs a network card", name)
+	default:
+		args = append(args, "-boot", "order=n")
 	}
 	if !opts.NoTPM {
 		sock, err := l.startSwtpm(ctx, name, dir)
@@ -152,6 +165,22 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 		stdout.Close()
 	}()
 	return m, nil
+}
+
+// laptopNumber returns the number of the laptop called name, numbering a
+// new name next.
+func (l *Lab) laptopNumber(name string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n, ok := l.laptopNumbers[name]; ok {
+		return n
+	}
+	if l.laptopNumbers == nil {
+		l.laptopNumbers = map[string]int{}
+	}
+	l.laptops++
+	l.laptopNumbers[name] = l.laptops
+	return l.laptops
 }
 
 // startSwtpm starts a TPM 2.0 emulator for a laptop and returns the path of

@@ -2,6 +2,7 @@ package disk
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -24,18 +25,38 @@ func newVolume(t *testing.T, key secret.Bytes) Keyslots {
 	if err := os.Truncate(k.Dev, 20<<20); err != nil {
 		t.Fatal(err)
 	}
-	in, err := keyPipe(key)
+	if err := FormatLUKS(context.Background(), k.Cryptsetup, k.Dev, luksUUID, key); err != nil {
+		t.Fatalf("FormatLUKS = %v", err)
+	}
+	return k
+}
+
+// TestFormatLUKS checks what FormatLUKS made: a LUKS2 header with the
+// UUID asked for and one PBKDF2 keyslot, as cryptsetup itself reads it.
+func TestFormatLUKS(t *testing.T) {
+	k := newVolume(t, secret.Random(64))
+	if sb, err := Probe(open(t, k.Dev)); err != nil || sb.Type != TypeLUKS || sb.UUID != luksUUID {
+		t.Errorf("Probe = %+v, %v; want LUKS with UUID %s", sb, err, luksUUID)
+	}
+	out, err := exec.Command(k.Cryptsetup, "luksDump", "--dump-json-metadata", k.Dev).Output()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer in.Close()
-	cmd := exec.Command(k.Cryptsetup, "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2",
-		"--pbkdf-force-iterations", "1000", "--key-file=-", k.Dev)
-	cmd.Stdin = in
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("luksFormat: %v\n%s", err, out)
+	var m struct {
+		Keyslots map[string]struct {
+			KDF struct {
+				Type       string `json:"type"`
+				Iterations int    `json:"iterations"`
+			} `json:"kdf"`
+		} `json:"keyslots"`
 	}
-	return k
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatal(err)
+	}
+	if s, ok := m.Keyslots["0"]; len(m.Keyslots) != 1 || !ok || s.KDF.Type != "pbkdf2" ||
+		s.KDF.Iterations != slotIterations {
+		t.Errorf("keyslots = %+v, want only slot 0, pbkdf2 with %d iterations", m.Keyslots, slotIterations)
+	}
 }
 
 func TestKeyslots(t *testing.T) {

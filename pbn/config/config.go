@@ -3,8 +3,9 @@
 //
 // The image holds it in /etc/pbn (initramfs.ConfigDir): pbn.conf, a JSON
 // object (see Config), and ca.pem, the CA certificates that issued the
-// domain controllers' certificates. The key server needs no entry here: each
-// key file names its server and pins its key.
+// domain controllers' certificates; with an imaging section, imaging-ca.pem
+// too (see Imaging). The key server needs no entry here: each key file names
+// its server and pins its key.
 //
 // An example:
 //
@@ -60,6 +61,8 @@ type Config struct {
 	AD AD `json:"ad"`
 	// Autoboot says how the provisioning stage boots unattended.
 	Autoboot Autoboot `json:"autoboot"`
+	// Imaging, when present, configures the imaging mode.
+	Imaging *Imaging `json:"imaging,omitempty"`
 }
 
 // AD names the Active Directory domain and its domain controllers.
@@ -126,6 +129,11 @@ func Load(dir string) (*Config, error) {
 			return nil, fmt.Errorf("config: the domain controllers' CA: %w", err)
 		}
 	}
+	if c.Imaging != nil {
+		if c.Imaging.ca, err = readFile(filepath.Join(dir, ImagingCAFile)); err != nil {
+			return nil, fmt.Errorf("config: the imaging server's CA: %w", err)
+		}
+	}
 	return c, nil
 }
 
@@ -173,6 +181,9 @@ func (c *Config) check() error {
 	}
 	if cd := time.Duration(c.Autoboot.Countdown); cd < 0 || cd > MaxCountdown {
 		return fmt.Errorf("autoboot: countdown %v, want 0 to %v", cd, MaxCountdown)
+	}
+	if c.Imaging != nil {
+		return c.Imaging.check()
 	}
 	return nil
 }

@@ -62,6 +62,11 @@ func TestParseRefuses(t *testing.T) {
 		{"negative countdown", `{"version": 1, "autoboot": {"countdown": "-1s"}}`, "countdown"},
 		{"huge countdown", `{"version": 1, "autoboot": {"countdown": "1h"}}`, "countdown"},
 		{"countdown number", `{"version": 1, "autoboot": {"countdown": 5}}`, "duration"},
+		{"imaging over http", `{"version": 1, "imaging": {"payload": "http://img/os", "kernel": "https://img/k", "image": "https://img/i"}}`, "payload"},
+		{"imaging without kernel", `{"version": 1, "imaging": {"payload": "https://img/os", "image": "https://img/i"}}`, "kernel"},
+		{"imaging small esp", `{"version": 1, "imaging": {"payload": "https://img/os", "kernel": "https://img/k", "image": "https://img/i", "esp_mib": 1}}`, "esp_mib"},
+		{"imaging disk", `{"version": 1, "imaging": {"payload": "https://img/os", "kernel": "https://img/k", "image": "https://img/i", "disk": "/etc/passwd"}}`, "disk"},
+		{"imaging unknown field", `{"version": 1, "imaging": {"payload": "https://img/os", "kernel": "https://img/k", "image": "https://img/i", "wipe": true}}`, `unknown field "wipe"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.in))
@@ -93,6 +98,7 @@ func TestRoundTrip(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(example))
 	f.Add([]byte(`{"version": 1}`))
+	f.Add([]byte(imagingExample))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b)
 		if err != nil {
@@ -100,6 +106,13 @@ func FuzzParse(f *testing.F) {
 		}
 		if cd := c.Countdown(); cd <= 0 || cd > MaxCountdown {
 			t.Errorf("accepted countdown %v", cd)
+		}
+		if m := c.Imaging; m != nil {
+			for _, u := range []string{m.Payload, m.Kernel, m.Image} {
+				if !strings.HasPrefix(u, "https://") {
+					t.Errorf("accepted imaging URL %q", u)
+				}
+			}
 		}
 	})
 }

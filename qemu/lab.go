@@ -70,9 +70,7 @@ type Lab struct {
 	closers []func() error
 	taps    int
 	laptops int
-	// laptopNumbers numbers the laptops by name, for their MAC address.
-	laptopNumbers map[string]int
-	closed        bool
+	closed  bool
 }
 
 // Options configure a Lab.

@@ -69,9 +69,7 @@ type Laptop struct {
 // Laptop starts a laptop on the LAN: a swtpm of its own as the TPM 2.0
 // (tpm-tis), a tap on the bridge, and QEMU booting opts.Kernel with
 // opts.Initrd, or from the network, its serial console on Console. The lab
-// stops it at Close. A second laptop of the same name has the same TPM
-// state and MAC address as the first, as the same machine rebooted does;
-// the first must have ended.
+// stops it at Close.
 func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Laptop, error) {
 	qemu, err := lookSbin("qemu-system-x86_64")
 	if err != nil {
@@ -81,7 +79,10 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
 	}
-	n := l.laptopNumber(name)
+	l.mu.Lock()
+	l.laptops++
+	n := l.laptops
+	l.mu.Unlock()
 	m := &Laptop{Name: name, MAC: fmt.Sprintf("52:54:00:99:%02x:%02x", n/256%256, n%256)}
 
 	args := []string{
@@ -165,22 +166,6 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 		stdout.Close()
 	}()
 	return m, nil
-}
-
-// laptopNumber returns the number of the laptop called name, numbering a
-// new name next.
-func (l *Lab) laptopNumber(name string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if n, ok := l.laptopNumbers[name]; ok {
-		return n
-	}
-	if l.laptopNumbers == nil {
-		l.laptopNumbers = map[string]int{}
-	}
-	l.laptops++
-	l.laptopNumbers[name] = l.laptops
-	return l.laptops
 }
 
 // startSwtpm starts a TPM 2.0 emulator for a laptop and returns the path of

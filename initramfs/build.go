@@ -5,7 +5,8 @@
 // busybox-style builder (github.com/u-root/mkuimage) together with any u-root
 // commands asked for; the kernel modules a laptop needs to reach its network
 // and disk, with their dependencies and the depmod index a coldplug loads
-// them by; cryptsetup with its shared libraries and the dynamic loader; and
+// them by; cryptsetup and mkfs.vfat with their shared libraries and the
+// dynamic loader; and
 // the agent's configuration, pinned CA and keys as plain files.
 //
 // The build is reproducible: entries are sorted, owned by root, dated at the
@@ -15,11 +16,13 @@ package initramfs
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -41,11 +44,18 @@ const AgentPackage = "github.com/pbn-project/pbn/cmds/pbn"
 // Paths inside the image that the agent relies on.
 const (
 	CryptsetupPath = "sbin/cryptsetup" // cryptsetup(8)
+	MkfsVFATPath   = "sbin/mkfs.vfat"  // mkfs.fat(8), for the imaging mode's ESP
 	ConfigDir      = "etc/pbn"         // the configuration, pinned CA and keys
 )
 
 // DefaultCryptsetup is where Debian's cryptsetup-bin installs cryptsetup.
 const DefaultCryptsetup = "/usr/sbin/cryptsetup"
+
+// DefaultMkfsVFAT is where Debian's dosfstools installs mkfs.fat. The
+// imaging mode formats the ESP with it: a FAT writer of PBN's own would be
+// more code to trust than this 64 KiB program, which needs only the C
+// library that cryptsetup brings.
+const DefaultMkfsVFAT = "/usr/sbin/mkfs.fat"
 
 // File is a host file to put into the image.
 type File struct {
@@ -75,6 +85,8 @@ type Config struct {
 	// Cryptsetup is the host's cryptsetup binary; empty means
 	// DefaultCryptsetup. Its shared libraries are found with ldd.
 	Cryptsetup string
+	// MkfsVFAT is the host's mkfs.fat; empty means DefaultMkfsVFAT.
+	MkfsVFAT string
 	// Files are the configuration, the pinned CA and keys.
 	Files []File
 	// Compression defaults to Zstd.
@@ -90,7 +102,7 @@ type Part string
 const (
 	PartGo        Part = "go"        // the busybox of Go commands
 	PartModules   Part = "modules"   // kernel modules and their index
-	PartPrograms  Part = "programs"  // cryptsetup
+	PartPrograms  Part = "programs"  // cryptsetup, mkfs.vfat
 	PartLibraries Part = "libraries" // shared libraries and the dynamic loader
 	PartConfig    Part = "config"    // configuration, CA and keys
 	PartOther     Part = "other"     // directories, device nodes, symlinks
@@ -208,16 +220,23 @@ func collect(cfg Config, k Kernel) (*contents, *Report, error) {
 		c.records = append(c.records, cpio.StaticFile(path.Join(modDir, name), string(b), 0o644))
 	}
 
-	crypt := cfg.Cryptsetup
-	if crypt == "" {
-		crypt = DefaultCryptsetup
+	programs := map[string]string{
+		CryptsetupPath: cmp.Or(cfg.Cryptsetup, DefaultCryptsetup),
+		MkfsVFATPath:   cmp.Or(cfg.MkfsVFAT, DefaultMkfsVFAT),
 	}
-	libs, err := ldd.FList(crypt)
-	if err != nil {
-		return nil, nil, fmt.Errorf("finding cryptsetup's libraries: %w", err)
+	libs := map[string]bool{}
+	for _, dst := range slices.Sorted(maps.Keys(programs)) {
+		src := programs[dst]
+		l, err := ldd.FList(src)
+		if err != nil {
+			return nil, nil, fmt.Errorf("finding the libraries of %s: %w", src, err)
+		}
+		c.files = append(c.files, src+":"+dst)
+		for _, lib := range l {
+			libs[lib] = true
+		}
 	}
-	c.files = append(c.files, crypt+":"+CryptsetupPath)
-	for _, lib := range libs {
+	for _, lib := range slices.Sorted(maps.Keys(libs)) {
 		c.files = append(c.files, lib+":"+strings.TrimPrefix(lib, "/"))
 	}
 

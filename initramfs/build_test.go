@@ -121,7 +121,7 @@ func TestBuildContents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"init", "bbin/bb", "bbin/pbn", "dev/console", CryptsetupPath,
+	want := []string{"init", "bbin/bb", "bbin/pbn", "dev/console", CryptsetupPath, MkfsVFATPath,
 		"etc/pbn/pbn.conf", mods + "modules.dep", mods + "modules.alias", mods + "modules.builtin"}
 	for _, lib := range libs {
 		want = append(want, strings.TrimPrefix(lib, "/"))

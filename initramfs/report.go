@@ -21,7 +21,7 @@ func partOf(name string, mode uint64) Part {
 		return PartGo
 	case strings.HasPrefix(name, "lib/modules/"):
 		return PartModules
-	case name == CryptsetupPath:
+	case name == CryptsetupPath || name == MkfsVFATPath:
 		return PartPrograms
 	case strings.HasPrefix(name, ConfigDir+"/"):
 		return PartConfig

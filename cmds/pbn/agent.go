@@ -71,6 +71,9 @@ func (a *agent) run(ctx context.Context) error {
 	if err := a.setup(); err != nil {
 		return err
 	}
+	if a.cmdline.PBN.Mode == cmdline.ModeImage {
+		return a.image(ctx)
+	}
 	steps := []stage.Step{
 		{Name: "drivers", Run: a.drivers},
 		{Name: "network", Run: a.network},

@@ -11,6 +11,7 @@ import (
 	"github.com/pbn-project/pbn/pbn/console"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/handoff"
+	"github.com/pbn-project/pbn/pbn/imaging"
 )
 
 // sentencer is an error that has its own line for the console.
@@ -31,6 +32,8 @@ var sentences = []struct {
 	{disk.ErrNoUnlocker, "No key file on this computer can be opened with a password. Ask your administrator for help."},
 	{disk.ErrWrongKey, "The key file does not open this computer's disk. Ask your administrator for help."},
 	{errNoVolume, "The boot entry does not name the encrypted disk. Ask your administrator to fix it."},
+	{errNoImaging, "This boot entry images computers, but the image has no imaging configuration. Ask your administrator to fix it."},
+	{imaging.ErrTooLarge, "The operating system to install is larger than this computer's disk. Ask your administrator for help."},
 	{handoff.ErrNotInitramfs, "The computer could not start its operating system. Ask your administrator for help."},
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/pbn-project/pbn/pbn/cmdline"
 	"github.com/pbn-project/pbn/pbn/console"
 	"github.com/pbn-project/pbn/pbn/disk"
+	"github.com/pbn-project/pbn/pbn/imaging"
 	"github.com/pbn-project/pbn/pbn/stage"
 )
 
@@ -29,6 +30,12 @@ func TestSentence(t *testing.T) {
 		{&stage.StepError{Step: "disk", Err: fmt.Errorf("open /dev/vda2: %w", disk.ErrWrongKey)},
 			"does not open this computer's disk"},
 		{errors.New("mount proc on /proc: operation not permitted"), "The computer could not start."},
+		{&stage.StepError{Step: "target", Err: &imaging.RefusedError{What: "an ext4 file system"}},
+			"This computer's disk holds an ext4 file system. It was left as it is"},
+		{&stage.StepError{Step: "payload", Err: &imaging.HTTPError{URL: "https://img.lab/os.img", Status: "404 Not Found"}},
+			"The imaging server did not send https://img.lab/os.img (404 Not Found)"},
+		{&stage.StepError{Step: "payload", Err: fmt.Errorf("imaging: fetching x: %w", imaging.ErrTooLarge)},
+			"larger than this computer's disk"},
 	}
 	for _, tt := range tests {
 		got := sentence(tt.err)

@@ -8,11 +8,26 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // ImagingCAFile, in Dir, holds the CA certificates that issued the imaging
 // server's certificate: the HTTPS server of the payload and the boot files.
 const ImagingCAFile = "imaging-ca.pem"
+
+// ImagingAdminFile, in Dir, is the key server administrator's file
+// (keyserver.AdminFile) that the imaging mode enrolls devices with.
+//
+// TODO: the key server has one kind of administrator, so the image of the
+// imaging entry carries a credential that can do everything an
+// administrator does, to anyone who fetches it from the PXE server; a
+// role that may only enroll (and a PXE server only on the imaging
+// network) would limit what a copy gives away.
+const ImagingAdminFile = "imaging-admin.json"
+
+// DefaultImagingGroup is the device group that imaging enrolls devices
+// in when the configuration names none.
+const DefaultImagingGroup = "laptops"
 
 // Bounds of Imaging.ESPMiB.
 const (
@@ -40,6 +55,9 @@ type Imaging struct {
 	// Disk is the /dev path of the disk to image; empty means the first
 	// fixed disk the kernel found.
 	Disk string `json:"disk,omitempty"`
+	// Group is the device group on the key server whose policy applies to
+	// the devices imaged; empty means DefaultImagingGroup.
+	Group string `json:"group,omitempty"`
 	// Overwrite allows imaging a disk that holds data: a partition table,
 	// a file system or a LUKS header, or a finished PBN installation.
 	// Without it such a disk is left alone.
@@ -57,6 +75,9 @@ func (m *Imaging) check() error {
 	}
 	if m.ESPMiB != 0 && (m.ESPMiB < MinESPMiB || m.ESPMiB > MaxESPMiB) {
 		return fmt.Errorf("imaging: esp_mib %d, want %d to %d", m.ESPMiB, MinESPMiB, MaxESPMiB)
+	}
+	if len(m.Group) > 64 || strings.ContainsFunc(m.Group, unicode.IsControl) {
+		return fmt.Errorf("imaging: group %q, want at most 64 characters without control characters", m.Group)
 	}
 	if m.Disk != "" && (!strings.HasPrefix(m.Disk, "/dev/") || strings.Contains(m.Disk, "..")) {
 		return fmt.Errorf("imaging: disk %q, want a /dev path", m.Disk)

@@ -29,3 +29,12 @@ func FormatLUKS(ctx context.Context, cryptsetup, dev, uuid string, key secret.By
 	}
 	return nil
 }
+
+// CloseLUKS closes the volume opened as /dev/mapper/<name>, flushing it.
+func CloseLUKS(ctx context.Context, cryptsetup, name string) error {
+	k := Keyslots{Cryptsetup: cryptsetup}
+	if _, err := k.run(ctx, nil, nil, "close", name); err != nil {
+		return fmt.Errorf("close %s: %w", name, err)
+	}
+	return nil
+}

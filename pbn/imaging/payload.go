@@ -51,6 +51,12 @@ type HTTPError struct {
 
 func (e *HTTPError) Error() string { return fmt.Sprintf("imaging: fetching %s: %s", e.URL, e.Status) }
 
+// Sentence returns the console's line.
+func (e *HTTPError) Sentence() string {
+	return fmt.Sprintf("The imaging server did not send %s (%s). Ask your administrator for help.",
+		e.URL, e.Status)
+}
+
 // Fetch writes the body of a GET of url to w, at most limit bytes (limit
 // 0: no limit), and calls report with the progress every every
 // (DefaultProgressEvery when 0) and once at the end. It returns the final

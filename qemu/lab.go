@@ -128,9 +128,9 @@ func New(ctx context.Context, opts Options) (lab *Lab, err error) {
 var labName = regexp.MustCompile(`^pbn([0-9]+)-[0-9]+$`)
 
 // sweep removes what labs of processes that no longer run left behind: a
-// test binary killed at its timeout runs no cleanup. Its processes died
-// with it (they run with a parent-death signal), but the namespaces and
-// directories stay. A lab whose process ID runs again, as another
+// test binary killed at its timeout runs no cleanup. Most of its processes
+// died with it (they run with a parent-death signal); what still runs in
+// a namespace is killed, and the namespaces and directories removed. A lab whose process ID runs again, as another
 // program, is left alone.
 func sweep(ctx context.Context, log *slog.Logger) {
 	entries, _ := os.ReadDir("/run/netns")
@@ -142,6 +142,15 @@ func sweep(ctx context.Context, log *slog.Logger) {
 		pid, err := strconv.Atoi(m[1])
 		if err != nil || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
 			continue
+		}
+		// dnsmasq changes its credentials, which clears its parent-death
+		// signal: it outlives the test binary, inside the namespace.
+		if out, err := exec.CommandContext(ctx, "ip", "netns", "pids", e.Name()).Output(); err == nil {
+			for _, f := range strings.Fields(string(out)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
 		}
 		if err := ip(ctx, "netns", "delete", e.Name()); err != nil {
 			log.Warn("sweeping a stale lab", "netns", e.Name(), "err", err)

@@ -2,11 +2,19 @@ package qemu
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -17,18 +25,26 @@ import (
 	"github.com/pbn-project/pbn/initramfs"
 )
 
-// The lab's boot services listen on Gateway.
-const (
-	// HTTPPort serves the PXE directory (StartPXE).
-	HTTPPort = 80
-	// DefaultHTTPShutdown bounds how long Close waits for a lab HTTP
-	// server's requests to end.
-	DefaultHTTPShutdown = 2 * time.Second
+// The lab's boot services listen on Gateway, on ports of their own beside
+// the enterprise's.
+var (
+	// PXEAddr serves the PXE directory over HTTP (StartPXE).
+	PXEAddr = netip.AddrPortFrom(Gateway, 8080)
+	// ImagingAddr serves the imaging payload and boot files over HTTPS
+	// (ServeImaging).
+	ImagingAddr = netip.AddrPortFrom(Gateway, 9443)
 )
 
 // PXEBaseURL is the URL of the PXE directory that StartPXE serves, for
 // initramfs.PXE's BaseURL.
-var PXEBaseURL = fmt.Sprintf("http://%s:%d/", Gateway, HTTPPort)
+var PXEBaseURL = "http://" + PXEAddr.String() + "/"
+
+// ImagingURL returns the URL of a file that ServeImaging serves.
+func ImagingURL(name string) string { return "https://" + ImagingAddr.String() + "/" + name }
+
+// DefaultHTTPShutdown bounds how long Close waits for a lab HTTP server's
+// requests to end.
+const DefaultHTTPShutdown = 2 * time.Second
 
 // Listen opens a listening socket inside the lab's namespace: services the
 // test runs itself, in Go, reach the LAN through it. A socket keeps the
@@ -115,13 +131,12 @@ func (l *Lab) ServeHTTP(addr string, h http.Handler, tlsConfig *tls.Config) erro
 // iPXE (QEMU's network cards carry it as their option ROM) the script
 // initramfs.PXEScript from dir; an HTTP server on PXEBaseURL serves dir, so
 // the kernel and the image come over HTTP when the script names
-// PXEBaseURL as its base (initramfs.WritePXE). dnsmasq's TFTP serves only
-// dir, and only files that exist when asked.
+// PXEBaseURL as its base (initramfs.WritePXE).
 func (l *Lab) StartPXE(ctx context.Context, dir string) (*Process, error) {
 	if _, err := os.Stat(filepath.Join(dir, initramfs.PXEScript)); err != nil {
 		return nil, fmt.Errorf("lab: pxe: %w", err)
 	}
-	if err := l.ServeHTTP(fmt.Sprintf("%s:%d", Gateway, HTTPPort), http.FileServer(http.Dir(dir)), nil); err != nil {
+	if err := l.ServeHTTP(PXEAddr.String(), http.FileServer(http.Dir(dir)), nil); err != nil {
 		return nil, err
 	}
 	// dnsmasq reads TFTP files when asked, after it dropped to nobody by
@@ -131,4 +146,51 @@ func (l *Lab) StartPXE(ctx context.Context, dir string) (*Process, error) {
 		// iPXE says who it is in option 175; the script is for it only
 		// (other firmware would first chain-load iPXE, see the README).
 		"--dhcp-match=set:ipxe,175", "--dhcp-boot=tag:ipxe,"+initramfs.PXEScript)
+}
+
+// ServeImaging serves h over HTTPS on ImagingAddr, as an enterprise's
+// imaging server: with a certificate for Gateway from a CA made for this
+// call, whose certificate it returns as PEM, for the image's
+// config.ImagingCAFile.
+func (l *Lab) ServeImaging(h http.Handler) ([]byte, error) {
+	ca, leaf, err := imagingCerts()
+	if err != nil {
+		return nil, fmt.Errorf("lab: imaging server: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{leaf}, MinVersion: tls.VersionTLS12}
+	if err := l.ServeHTTP(ImagingAddr.String(), h, cfg); err != nil {
+		return nil, err
+	}
+	return ca, nil
+}
+
+// imagingCerts makes a CA and a server certificate for Gateway that it
+// issued, valid for a day.
+func imagingCerts() (caPEM []byte, leaf tls.Certificate, err error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, leaf, err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "PBN lab imaging CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, leaf, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, leaf, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: Gateway.String()},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IPAddresses: []net.IP{Gateway.AsSlice()}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caTmpl, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, leaf, err
+	}
+	leaf = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), leaf, nil
 }

@@ -42,6 +42,9 @@ func TestMain(m *testing.M) {
 	}
 	fixtures.dir = dir
 	code := m.Run()
+	if err := closeEnterprise(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

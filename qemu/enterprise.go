@@ -197,6 +197,12 @@ func (e *Enterprise) AddUser(ctx context.Context, name, password string, groups 
 	return name + "@" + e.DC.DNSDomain, nil
 }
 
+// TODO: the lab's DHCP server hands out no DNS server: the agent reaches
+// the DC and pbnd by address (the DC's certificate carries DCAddr, and key
+// files pin pbnd's key), so nothing needs names yet. Discovering DCs by
+// DNS SRV records (config.AD without DCs) needs StartDHCP to hand out
+// DCAddr, whose Samba DNS serves the domain's records.
+
 // Config returns the agent's configuration for this enterprise: its
 // domain, the DC by address (its certificate carries DCAddr) and an
 // autoboot countdown of DefaultCountdown.

@@ -375,3 +375,17 @@ func TestUndeliverable(t *testing.T) {
 		})
 	}
 }
+
+// FuzzUndeliverable checks that no frame makes the capture's parser panic
+// or call a frame outside the lab that carries no IP packet.
+func FuzzUndeliverable(f *testing.F) {
+	f.Add([]byte{})
+	f.Add(append(append(make([]byte, 6), laptopMAC...), 0, 1, 0x08, 0x00))
+	f.Add(append(append(append(make([]byte, 6), laptopMAC...), 0, 1, 0x86, 0xdd), make([]byte, 40)...))
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		dst, ip, outside := undeliverable(frame)
+		if outside && (!ip || Subnet.Contains(dst)) {
+			t.Errorf("undeliverable(%x) = %v, ip %v, outside %v", frame, dst, ip, outside)
+		}
+	})
+}

@@ -36,8 +36,11 @@ var pbnFixture struct {
 	image    string // the PBN initramfs
 	disk     string // GPT: ESP with alice's key file, LUKS2 with the tiny OS
 	luksUUID string
-	report   *initramfs.Report
-	err      error
+	// spec made disk; its LUKSKey, alice's FDE secret, stays for the
+	// test binary's life: Enterprise.Provision re-keys copies of disk.
+	spec   DiskSpec
+	report *initramfs.Report
+	err    error
 }
 
 // pbnDisk returns the kernel, the PBN image and the shared laptop disk.
@@ -71,7 +74,6 @@ func makePBNFixture() error {
 	}
 
 	fde := secret.Random(32)
-	defer fde.Wipe()
 	kf, err := keyfile.New(keyfile.Header{ID: keyfile.NewID(), Kind: keyfile.KindUser, DeviceID: keyfile.NewID(),
 		UPN: testUPN}, &keyfile.Keyring{FDE: fde.Clone()})
 	if err != nil {
@@ -93,8 +95,9 @@ func makePBNFixture() error {
 	f.luksUUID = newUUID()
 	f.disk = filepath.Join(fixtures.dir, "laptop.img")
 	const luksMiB = 12
-	if err := MakeDisk(ctx, DiskSpec{Path: f.disk, ESPMiB: 4, ESPFiles: map[string][]byte{keyFileName: kb},
-		LUKSMiB: luksMiB, LUKSUUID: f.luksUUID, LUKSKey: fde}); err != nil {
+	f.spec = DiskSpec{Path: f.disk, ESPMiB: 4, ESPFiles: map[string][]byte{keyFileName: kb},
+		LUKSMiB: luksMiB, LUKSUUID: f.luksUUID, LUKSKey: fde}
+	if err := MakeDisk(ctx, f.spec); err != nil {
 		return err
 	}
 	root := filepath.Join(fixtures.dir, "tinyos.ext4")

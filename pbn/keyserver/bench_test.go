@@ -84,7 +84,7 @@ func pbnLoad(b *testing.B) (unlocks, handshakes *load) {
 		b.Fatal(err)
 	}
 	x := e.PublicKey().Bytes()
-	c, err := newClient(ts.url, ts.PublicKey(), d.key, unlockCurves)
+	c, err := newClient(ts.url, ts.PublicKey(), d.key, unlockCurves, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -152,7 +152,7 @@ func newImagingLab(t *testing.T, ctx context.Context, overwrite bool) *imagingLa
 	}
 	dir := strings.TrimPrefix(config.Dir, "/")
 	imgFile := filepath.Join(t.TempDir(), "imaging.img")
-	if err := appendImagingArchive(imgFile, base, []cpio.Record{
+	if err := appendArchive(imgFile, base, []cpio.Record{
 		cpio.Directory("etc", 0o755), cpio.Directory(dir, 0o755),
 		cpio.StaticFile(path.Join(dir, config.ConfigFile), string(conf), 0o644),
 		cpio.StaticFile(path.Join(dir, config.ImagingCAFile), string(ca), 0o644)}); err != nil {
@@ -166,21 +166,6 @@ func newImagingLab(t *testing.T, ctx context.Context, overwrite bool) *imagingLa
 		t.Fatalf("StartPXE = %v", err)
 	}
 	return e
-}
-
-// appendImagingArchive writes to dst the initramfs initrd with a newc
-// archive of recs after it, which the kernel unpacks over it.
-func appendImagingArchive(dst, initrd string, recs []cpio.Record) error {
-	var overlay bytes.Buffer
-	if err := writeArchive(&overlay, recs); err != nil {
-		return err
-	}
-	img, err := os.ReadFile(initrd)
-	if err != nil {
-		return err
-	}
-	img = append(img, make([]byte, (4-len(img)%4)%4)...)
-	return os.WriteFile(dst, append(img, overlay.Bytes()...), 0o600)
 }
 
 // imagingHandler serves the files in dir, and under slowPrefix the same
@@ -246,7 +231,7 @@ func TestPXEImaging(t *testing.T) {
 	writePXE(t, e.pxe, e.image, "pbn.payload="+ImagingURL(slowPrefix+"tinyos.ext4"))
 	m := e.pxeLaptop(t, ctx, "cut", disk)
 	expect(t, ctx, m, `imaging: /dev/vda, blank`, luksRE, `imaging: payload \d`)
-	if err := m.qemu.stop(); err != nil {
+	if err := m.PowerCut(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -308,7 +293,7 @@ func TestPXEImagingRefuses(t *testing.T) {
 	}
 	m := e.pxeLaptop(t, ctx, "used", p)
 	expect(t, ctx, m, regexp.QuoteMeta(`This computer's disk holds an ext4 file system. It was left as it is`))
-	if err := m.qemu.stop(); err != nil {
+	if err := m.PowerCut(); err != nil {
 		t.Fatal(err)
 	}
 	if after, _ := os.ReadFile(p); !bytes.Equal(before, after) {

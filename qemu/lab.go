@@ -78,6 +78,7 @@ type Lab struct {
 	closers []func() error
 	taps    int
 	laptops int
+	dhcp    *Process // the dnsmasq that serves DHCP, if any
 	closed  bool
 }
 
@@ -321,15 +322,29 @@ func (l *Lab) StartDHCP(ctx context.Context) (*Process, error) {
 }
 
 // startDnsmasq starts dnsmasq as StartDHCP describes, with further
-// options extra, and returns once it listens.
+// options extra, and returns once it listens. A dnsmasq that the lab runs
+// already is stopped first: the LAN has one DHCP server, and the new one
+// keeps the leases.
 func (l *Lab) startDnsmasq(ctx context.Context, extra ...string) (*Process, error) {
 	dnsmasq, err := lookSbin("dnsmasq")
 	if err != nil {
 		return nil, err
 	}
+	l.mu.Lock()
+	old := l.dhcp
+	l.mu.Unlock()
+	if old != nil {
+		if err := old.stop(); err != nil {
+			return nil, err
+		}
+	}
+	pid := filepath.Join(l.Dir, "dnsmasq.pid")
+	if err := os.Remove(pid); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("lab: dnsmasq: %w", err)
+	}
 	cmd := exec.Command(dnsmasq, append([]string{"--keep-in-foreground", "--no-resolv", "--no-hosts",
 		"--conf-file=/dev/null", "--port=0", "--no-ping", "--interface=br0", "--bind-interfaces",
-		"--pid-file=" + filepath.Join(l.Dir, "dnsmasq.pid"),
+		"--pid-file=" + pid,
 		"--dhcp-leasefile=" + l.LeaseFile(),
 		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,1h", dhcpFirst, dhcpLast),
 		"--dhcp-option=option:router," + Gateway.String(),
@@ -339,9 +354,12 @@ func (l *Lab) startDnsmasq(ctx context.Context, extra ...string) (*Process, erro
 	if err != nil {
 		return nil, err
 	}
+	l.mu.Lock()
+	l.dhcp = p
+	l.mu.Unlock()
 	// dnsmasq writes its pid file once it listens; a bad option ends it.
 	for range 200 {
-		if _, err := os.Stat(filepath.Join(l.Dir, "dnsmasq.pid")); err == nil {
+		if _, err := os.Stat(pid); err == nil {
 			return p, nil
 		}
 		if p.Exited() {

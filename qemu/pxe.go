@@ -127,7 +127,8 @@ func (l *Lab) ServeHTTP(addr string, h http.Handler, tlsConfig *tls.Config) erro
 }
 
 // StartPXE makes the LAN boot laptops from the network as an enterprise's
-// would (see the README): dnsmasq is the DHCP server and, with TFTP, hands
+// would (see the README): dnsmasq is the DHCP server (in place of the one
+// StartDHCP started, if any) and, with TFTP, hands
 // iPXE (QEMU's network cards carry it as their option ROM) the script
 // initramfs.PXEScript from dir; an HTTP server on PXEBaseURL serves dir, so
 // the kernel and the image come over HTTP when the script names

@@ -19,9 +19,12 @@ import (
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/config"
 	"github.com/pbn-project/pbn/pbn/disk"
+	"github.com/pbn-project/pbn/pbn/enroll"
 	"github.com/pbn-project/pbn/pbn/imaging"
+	"github.com/pbn-project/pbn/pbn/keyserver"
 	"github.com/pbn-project/pbn/pbn/secret"
 	"github.com/pbn-project/pbn/pbn/stage"
+	"github.com/pbn-project/pbn/pbn/tpm"
 )
 
 // Where the imaging mode puts things on the ESP. The lab boots the kernel
@@ -76,6 +79,7 @@ func (a *agent) image(ctx context.Context) error {
 		{Name: "partition", Run: m.partition},
 		{Name: "payload", Run: m.payload},
 		{Name: "esp", Run: m.bootFiles},
+		{Name: "enroll", Run: m.enroll},
 	}
 	if err := stage.Run(ctx, a.timing, steps); err != nil {
 		return err
@@ -367,6 +371,69 @@ func writeSynced(path string, b []byte) error {
 		err = f.Sync()
 	}
 	return errors.Join(err, f.Close())
+}
+
+// enroll enrolls the device with the key server, gives the LUKS2 volume
+// the provisioning key file's FDE secret in place of the setup secret,
+// and writes the key file on the ESP: the last write, which marks the
+// imaging finished.
+//
+// TODO: an imaging cut off after the enrolment and before the key file is
+// written enrolls the device again when it starts over, and leaves the
+// first binding unused on the server until an administrator revokes it.
+func (m *imager) enroll(ctx context.Context) error {
+	f, err := m.enrolled(ctx)
+	if err != nil {
+		return err
+	}
+	defer f.Close() // wipes the FDE secret
+	slots := disk.Keyslots{Cryptsetup: m.crypt, Dev: m.root.Path}
+	slot, err := slots.Add(ctx, m.setup, f.Keyring().FDE)
+	if err != nil {
+		return err
+	}
+	if err := slots.Tag(ctx, slot, f.Header().ID); err != nil {
+		return err
+	}
+	if err := slots.Kill(ctx, 0); err != nil { // the setup secret's, FormatLUKS's keyslot 0
+		return err
+	}
+
+	if err := mountESPWritable(m.esp.Path); err != nil {
+		return err
+	}
+	dir := filepath.Join(espMount, disk.KeyDir)
+	err = os.MkdirAll(dir, 0o700)
+	if err == nil {
+		err = keyfile.Replace(keyfile.OSFS{}, filepath.Join(dir, provisioningKF), f)
+	}
+	if err = errors.Join(err, unmount(espMount)); err != nil {
+		return fmt.Errorf("imaging: provisioning key file: %w", err)
+	}
+	m.a.say("imaging: enrolled as device %s; provisioning key file %s written", f.Header().DeviceID,
+		f.Header().ID)
+	return nil
+}
+
+// enrolled enrolls the device through the administrator's file in the
+// image, with its TPM, and returns the provisioning key file, open.
+func (m *imager) enrolled(ctx context.Context) (*keyfile.KeyFile, error) {
+	admin, err := keyserver.ReadAdminFile(filepath.Join(config.Dir, config.ImagingAdminFile))
+	if err != nil {
+		return nil, fmt.Errorf("imaging: %w", err)
+	}
+	client, err := admin.Client()
+	if err != nil {
+		return nil, fmt.Errorf("imaging: %w", err)
+	}
+	t, err := tpm.Open(ctx, "", &tpm.Options{Logger: m.a.log})
+	if err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	id := keyfile.NewID()
+	return enroll.Enroll(ctx, t, client, enroll.Device{ID: id, Hostname: "pbn-" + id.String()[:8],
+		Group: cmp.Or(m.cfg.Imaging.Group, config.DefaultImagingGroup), Log: m.a.log})
 }
 
 // mountESPWritable mounts the ESP read-write at espMount.

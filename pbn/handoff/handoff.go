@@ -34,7 +34,9 @@ var early = []mount{
 var moved = []string{"/dev", "/proc", "/sys", "/run"}
 
 // MountEarly mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs). One
-// already mounted (by the kernel, for devtmpfs) is left as it is.
+// already mounted (by the kernel, for devtmpfs) is left as it is. It also
+// links /dev/fd to /proc/self/fd, as udev does elsewhere: cryptsetup
+// reads the keys of a new keyslot from /dev/fd/N (disk.Keyslots.Add).
 func MountEarly() error {
 	for _, m := range early {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
@@ -44,6 +46,9 @@ func MountEarly() error {
 		if err != nil && !errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
+	}
+	if err := os.Symlink("/proc/self/fd", "/dev/fd"); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("link /dev/fd: %w", err)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pbn-project/pbn/initramfs"
 	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/imaging"
 	"github.com/pbn-project/pbn/pbn/secret"
 )
 
@@ -90,7 +91,7 @@ func makePBNFixture() error {
 		return err
 	}
 
-	f.luksUUID = newUUID()
+	f.luksUUID = imaging.NewUUID()
 	f.disk = filepath.Join(fixtures.dir, "laptop.img")
 	const luksMiB = 12
 	f.spec = DiskSpec{Path: f.disk, ESPMiB: 4, ESPFiles: map[string][]byte{keyFileName: kb},

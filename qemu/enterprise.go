@@ -25,6 +25,7 @@ import (
 	"github.com/pbn-project/pbn/pbn/config"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/enroll"
+	"github.com/pbn-project/pbn/pbn/imaging"
 	"github.com/pbn-project/pbn/pbn/keyserver"
 	"github.com/pbn-project/pbn/pbn/tpm"
 )
@@ -278,7 +279,7 @@ func (e *Enterprise) Provision(ctx context.Context, name string, opts ProvisionO
 	if opts.Template.Path == "" || len(opts.Template.LUKSKey) == 0 {
 		return nil, fmt.Errorf("lab: provision %s: no template disk", name)
 	}
-	d := &Device{Name: name, Disk: filepath.Join(e.Lab.Dir, name, "disk.img"), LUKSUUID: newUUID(),
+	d := &Device{Name: name, Disk: filepath.Join(e.Lab.Dir, name, "disk.img"), LUKSUUID: imaging.NewUUID(),
 		TPMDir: filepath.Join(e.Lab.Dir, name, "tpm")}
 	if err := os.MkdirAll(d.TPMDir, 0o700); err != nil {
 		return nil, fmt.Errorf("lab: provision %s: %w", name, err)

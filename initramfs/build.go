@@ -48,6 +48,11 @@ const (
 	ConfigDir      = "etc/pbn"         // the configuration, pinned CA and keys
 )
 
+// BuildTag is the Go build tag of the commands in the image: packages
+// leave out what the pre-boot agent never runs (pbn/store its database
+// drivers).
+const BuildTag = "pbnimage"
+
 // DefaultCryptsetup is where Debian's cryptsetup-bin installs cryptsetup.
 const DefaultCryptsetup = "/usr/sbin/cryptsetup"
 
@@ -289,7 +294,7 @@ func assemble(ctx context.Context, cfg Config, c *contents, tmp string, log *slo
 		agent = AgentPackage
 	}
 	env := golang.Default(golang.DisableCGO(), golang.WithGOOS("linux"), golang.WithGOARCH("amd64"),
-		golang.WithWorkingDir(cfg.Dir))
+		golang.WithWorkingDir(cfg.Dir), golang.WithBuildTag(BuildTag))
 	base, err := cpio.ArchiveFromRecords(c.records)
 	if err != nil {
 		return nil, fmt.Errorf("building the image: %w", err)

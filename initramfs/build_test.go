@@ -131,6 +131,12 @@ func TestBuildContents(t *testing.T) {
 			t.Errorf("image lacks %s", name)
 		}
 	}
+	// The tag BuildTag leaves the key server's database drivers out.
+	for _, pkg := range []string{"modernc.org/sqlite", "github.com/jackc/pgx"} {
+		if bytes.Contains(content["bbin/bb"], []byte(pkg)) {
+			t.Errorf("bbin/bb links %s", pkg)
+		}
+	}
 	if got := string(content["init"]); got != "bbin/pbn" {
 		t.Errorf("/init links to %q, want bbin/pbn", got)
 	}

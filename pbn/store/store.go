@@ -22,9 +22,6 @@ import (
 	"sync"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
-	"modernc.org/sqlite"               // registers the "sqlite" driver
-
 	"github.com/pbn-project/pbn/pbn/secret"
 )
 
@@ -126,8 +123,7 @@ const (
 func (s *Store) migrateWhenFree(ctx context.Context) error {
 	for try := 1; ; try++ {
 		err := s.migrate(ctx)
-		var e *sqlite.Error
-		if !errors.As(err, &e) || e.Code()&0xff != sqliteBusy || try == busyTries {
+		if !isBusy(err) || try == busyTries {
 			return err
 		}
 		select {

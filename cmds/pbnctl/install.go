@@ -278,10 +278,23 @@ func (f *installFlags) checkSystem(ctx context.Context, v disk.Keyslots, passphr
 	if _, err := os.Stat(f.image); err != nil {
 		return 0, "", usageError("install: %v", err)
 	}
-	if st, err := os.Stat(f.esp); err != nil || !st.IsDir() {
-		return 0, "", usageError("install: the ESP %s is not a mounted directory", f.esp)
+	if !mountPoint(f.esp) {
+		return 0, "", usageError("install: the ESP %s is not a mounted file system", f.esp)
 	}
 	return slot, sb.UUID, nil
+}
+
+// mountPoint reports whether dir is a directory that a file system is
+// mounted on: its device differs from its parent's, or it is its parent.
+// A key file written to an ESP that is not mounted would land on the
+// encrypted root, where the pre-boot agent cannot read it.
+func mountPoint(dir string) bool {
+	var st, parent unix.Stat_t
+	if unix.Stat(dir, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR ||
+		unix.Stat(filepath.Join(dir, ".."), &parent) != nil {
+		return false
+	}
+	return st.Dev != parent.Dev || st.Ino == parent.Ino
 }
 
 // deviceID is the device's ID on the key server: derived from its TPM's

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/pbn-project/pbn/internal/swtpm"
 	"github.com/pbn-project/pbn/internal/testenv"
 	"github.com/pbn-project/pbn/keyfile"
@@ -46,6 +48,12 @@ func newInstallSystem(t *testing.T, caFile string, dcConfig config.AD) *installS
 			t.Fatal(err)
 		}
 	}
+	// install wants the ESP mounted: a tmpfs of the test's own stands in.
+	testenv.Root(t)
+	if err := unix.Mount("tmpfs", s.esp, "tmpfs", 0, "size=1m,mode=0700"); err != nil {
+		t.Fatalf("mount the ESP: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(s.esp, 0) })
 	conf, _ := json.Marshal(config.Config{Version: config.Version, AD: dcConfig})
 	files[filepath.Join(s.config, config.ConfigFile)] = string(conf)
 	ca, err := os.ReadFile(caFile)
@@ -107,6 +115,8 @@ func TestInstall(t *testing.T) {
 	}{
 		{"no device", pw, []string{"install", "--image", s.image, "--group", "laptops", "alice"}, exitUsage,
 			"--device, --image and --group are required", false},
+		{"ESP not mounted", pw, s.args(admin, tpmPath, "--esp", s.config, "--passphrase-file", s.passphrase,
+			"alice"), exitUsage, "not a mounted file system", false},
 		{"wrong passphrase", pw, s.args(admin, tpmPath, "--passphrase-file", wrongFile, "alice"),
 			exitWrongPassphrase, "no keyslot", false},
 		{"wrong password", "Wr0ng-horse\n", s.args(admin, tpmPath, "--passphrase-file", s.passphrase, "alice"),

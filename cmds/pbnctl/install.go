@@ -176,48 +176,66 @@ func runInstall(ctx context.Context, io stdio, args []string) error {
 		return err
 	}
 	defer passphrase.Wipe()
-
 	tr, err := openTPM(f.tpmPath)
 	if err != nil {
 		return withCode(exitNoTPM, fmt.Errorf("install: %w", err))
 	}
 	defer tr.Close()
-	opts := &tpm.Options{Logger: io.log, CommandTimeout: tpmCommandTimeout}
-	t := tpm.New(tr, opts)
-	defer t.Close()
-	volume := disk.Keyslots{Cryptsetup: f.cryptsetup, Dev: f.device}
-	keep, uuid, err := f.checkSystem(ctx, volume, passphrase)
+
+	s, err := f.secureMoment(ctx, io, tr, dir, account, password, passphrase)
 	if err != nil {
 		return err
 	}
-
-	keyDir := filepath.Join(f.esp, disk.KeyDir)
-	e, err := f.enrolment(ctx, io, t, keyDir, claimer{tr: tr, opts: opts})
-	if err != nil {
-		return err
-	}
-	d := &securemoment.Device{ESP: keyfile.OSFS{}, KeyDir: keyDir, Volume: volume, TPM: t,
-		Directory: dir, Server: claimer{tr: tr, opts: opts, server: e.Server}, Logger: io.log,
-		Argon2:   keyfile.Calibrate(f.argon2Target),
-		Existing: &securemoment.Existing{Key: passphrase, DeviceID: e.DeviceID, Server: e.Server}}
-	res, err := d.Run(ctx, account, password)
-	if err != nil {
-		return installError(err)
-	}
-	defer res.KeyFile.Close()
-	fmt.Fprintf(io.out, "key file: %s for %s (%s)\nkeyslot: %d, tagged %s\n", res.Path,
-		res.Identity.UPN, res.Identity.SID, res.Slot, res.KeyFile.Header().ID)
-
+	defer s.res.KeyFile.Close()
 	// The image goes in last: until the key file and its keyslot are
 	// there, the system boots as before.
 	if err := installImage(f.image, f.initramfs); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
+	upn := s.res.Identity.UPN
 	fmt.Fprintf(io.out, "initramfs: %s (the one before kept as %s%s)\n", f.initramfs, f.initramfs, imageSuffix)
-	fmt.Fprintf(io.out, "kernel command line: rd.luks.uuid=%s\n", uuid)
+	fmt.Fprintf(io.out, "kernel command line: rd.luks.uuid=%s\n", s.uuid)
 	fmt.Fprintf(io.out, "the passphrase still opens keyslot %d; once %s has signed in through PBN, "+
-		"remove it: cryptsetup luksKillSlot %s %d\n", keep, res.Identity.UPN, f.device, keep)
+		"remove it: cryptsetup luksKillSlot %s %d\n", s.keep, upn, f.device, s.keep)
 	return nil
+}
+
+// installed is what the secure moment of install left.
+type installed struct {
+	res  *securemoment.Result
+	keep int    // the passphrase's keyslot
+	uuid string // the volume's
+}
+
+// secureMoment checks the system, enrolls the device and runs the secure
+// moment from the passphrase. The caller closes the result's key file.
+func (f *installFlags) secureMoment(ctx context.Context, io stdio, tr transport.TPM, dir *ad.Client,
+	account string, password, passphrase secret.Bytes) (*installed, error) {
+	opts := &tpm.Options{Logger: io.log, CommandTimeout: tpmCommandTimeout}
+	t := tpm.New(tr, opts)
+	defer t.Close()
+	volume := disk.Keyslots{Cryptsetup: f.cryptsetup, Dev: f.device}
+	s := &installed{}
+	var err error
+	if s.keep, s.uuid, err = f.checkSystem(ctx, volume, passphrase); err != nil {
+		return nil, err
+	}
+
+	keyDir := filepath.Join(f.esp, disk.KeyDir)
+	e, err := f.enrolment(ctx, io, t, keyDir, claimer{tr: tr, opts: opts})
+	if err != nil {
+		return nil, err
+	}
+	d := &securemoment.Device{ESP: keyfile.OSFS{}, KeyDir: keyDir, Volume: volume, TPM: t,
+		Directory: dir, Server: claimer{tr: tr, opts: opts, server: e.Server}, Logger: io.log,
+		Argon2:   keyfile.Calibrate(f.argon2Target),
+		Existing: &securemoment.Existing{Key: passphrase, DeviceID: e.DeviceID, Server: e.Server}}
+	if s.res, err = d.Run(ctx, account, password); err != nil {
+		return nil, installError(err)
+	}
+	fmt.Fprintf(io.out, "key file: %s for %s (%s)\nkeyslot: %d, tagged %s\n", s.res.Path,
+		s.res.Identity.UPN, s.res.Identity.SID, s.res.Slot, s.res.KeyFile.Header().ID)
+	return s, nil
 }
 
 // directory returns the client of the domain that the image's
@@ -333,7 +351,7 @@ func (f *installFlags) enrolment(ctx context.Context, io stdio, t *tpm.TPM, keyD
 	e, err := enroll.EnrollDevice(ctx, k, admin, enroll.Device{ID: id, Hostname: f.hostname,
 		Group: f.group, Log: io.log})
 	if err != nil {
-		return nil, serverCode(err)
+		return nil, installError(err)
 	}
 	fmt.Fprintf(io.out, "device: %s enrolled as %s in %s on %s\n", id, f.hostname, f.group, e.Server.URL)
 	return e, nil
@@ -429,7 +447,8 @@ func (c claimer) Revoke(ctx context.Context, binding keyfile.ID) error {
 	return c.do(ctx, func(cl *keyserver.Client) error { return cl.Revoke(ctx, binding) })
 }
 
-// installError gives an error of the secure moment its exit code.
+// installError gives an error of the enrolment or the secure moment its
+// exit code.
 func installError(err error) error {
 	var ae *ad.Error
 	switch {

@@ -86,8 +86,9 @@ func (s *installSystem) args(admin, tpmPath string, more ...string) []string {
 
 // TestInstall runs pbnctl install as a deployment tool does, with the real
 // DC, a key server on loopback, swtpm and cryptsetup on an image file:
-// refused for a wrong passphrase and a wrong password, then through, then
-// again, which changes nothing. It does not prove that the installed image
+// refused for an ESP not mounted, a wrong passphrase and a wrong password,
+// then through, then again, which changes nothing, and refused for a
+// second user, whom the default policy does not allow. It does not prove that the installed image
 // boots (package qemu's TestInstallInUse does) nor that the TPM binds the
 // key file to the boot chain (pbn/tpm's tests do).
 func TestInstall(t *testing.T) {
@@ -125,6 +126,8 @@ func TestInstall(t *testing.T) {
 			`kernel command line: rd\.luks\.uuid=[0-9a-f-]{36}\n`, true},
 		{"again", pw, s.args(admin, tpmPath, "--passphrase-file", s.passphrase, "alice"), exitOK,
 			"the passphrase still opens keyslot 0", true},
+		{"another user", pw, s.args(admin, tpmPath, "--passphrase-file", s.passphrase, "nomember"),
+			exitClaimRefused, "too-many-users", true},
 	}
 	for _, st := range steps {
 		out, code := pbnctl(t, st.stdin, st.args...)

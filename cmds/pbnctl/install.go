@@ -230,7 +230,18 @@ func (f *installFlags) secureMoment(ctx context.Context, io stdio, tr transport.
 		Directory: dir, Server: claimer{tr: tr, opts: opts, server: e.Server}, Logger: io.log,
 		Argon2:   keyfile.Calibrate(f.argon2Target),
 		Existing: &securemoment.Existing{Key: passphrase, DeviceID: e.DeviceID, Server: e.Server}}
+	// TODO: the key file is sealed to the PCRs of this boot, the OS's;
+	// the boots through PBN measure another initramfs where the firmware
+	// measures it (PCR 9 with systemd-stub, or PCR 4 with a unified
+	// kernel image), so the TPM refuses them until the key file is
+	// resealed there (pbnctl tpm reseal, or a reseal at the first PBN
+	// boot with the password). Predicting the PBN boot's PCRs from the
+	// image would spare that.
 	if s.res, err = d.Run(ctx, account, password); err != nil {
+		var ae *ad.Error
+		if errors.As(err, &ae) {
+			fmt.Fprintln(io.out, ae.Sentence())
+		}
 		return nil, installError(err)
 	}
 	fmt.Fprintf(io.out, "key file: %s for %s (%s)\nkeyslot: %d, tagged %s\n", s.res.Path,

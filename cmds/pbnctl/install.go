@@ -8,12 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
-	"github.com/google/go-tpm/tpm2/transport"
-	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
-	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 	"golang.org/x/sys/unix"
 
 	"github.com/pbn-project/pbn/keyfile"
@@ -176,13 +172,13 @@ func runInstall(ctx context.Context, io stdio, args []string) error {
 		return err
 	}
 	defer passphrase.Wipe()
-	tr, err := openTPM(f.tpmPath)
+	t, err := tpm.Open(ctx, f.tpmPath, &tpm.Options{Logger: io.log, CommandTimeout: tpmCommandTimeout})
 	if err != nil {
 		return withCode(exitNoTPM, fmt.Errorf("install: %w", err))
 	}
-	defer tr.Close()
+	defer t.Close()
 
-	s, err := f.secureMoment(ctx, io, tr, dir, account, password, passphrase)
+	s, err := f.secureMoment(ctx, io, t, dir, account, password, passphrase)
 	if err != nil {
 		return err
 	}
@@ -209,11 +205,8 @@ type installed struct {
 
 // secureMoment checks the system, enrolls the device and runs the secure
 // moment from the passphrase. The caller closes the result's key file.
-func (f *installFlags) secureMoment(ctx context.Context, io stdio, tr transport.TPM, dir *ad.Client,
+func (f *installFlags) secureMoment(ctx context.Context, io stdio, t *tpm.TPM, dir *ad.Client,
 	account string, password, passphrase secret.Bytes) (*installed, error) {
-	opts := &tpm.Options{Logger: io.log, CommandTimeout: tpmCommandTimeout}
-	t := tpm.New(tr, opts)
-	defer t.Close()
 	volume := disk.Keyslots{Cryptsetup: f.cryptsetup, Dev: f.device}
 	s := &installed{}
 	var err error
@@ -222,12 +215,21 @@ func (f *installFlags) secureMoment(ctx context.Context, io stdio, tr transport.
 	}
 
 	keyDir := filepath.Join(f.esp, disk.KeyDir)
-	e, err := f.enrolment(ctx, io, t, keyDir, claimer{tr: tr, opts: opts})
+	e, err := f.enrolment(ctx, io, t, keyDir)
 	if err != nil {
 		return nil, err
 	}
+	key, err := t.DeviceKey(ctx)
+	if err != nil {
+		return nil, withCode(exitNoTPM, fmt.Errorf("install: %w", err))
+	}
+	server, err := keyserver.NewClient(e.Server.URL, e.Server.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	defer server.CloseIdleConnections()
 	d := &securemoment.Device{ESP: keyfile.OSFS{}, KeyDir: keyDir, Volume: volume, TPM: t,
-		Directory: dir, Server: claimer{tr: tr, opts: opts, server: e.Server}, Logger: io.log,
+		Directory: dir, Server: server, Logger: io.log,
 		Argon2:   keyfile.Calibrate(f.argon2Target),
 		Existing: &securemoment.Existing{Key: passphrase, DeviceID: e.DeviceID, Server: e.Server}}
 	// TODO: the key file is sealed to the PCRs of this boot, the OS's;
@@ -340,7 +342,7 @@ func deviceID(ctx context.Context, t *tpm.TPM) (keyfile.ID, error) {
 // enrolment enrolls the device, unless a key file of it on the ESP says
 // it was enrolled before: enrolling it again would drop its owners on the
 // server.
-func (f *installFlags) enrolment(ctx context.Context, io stdio, t *tpm.TPM, keyDir string, c claimer) (*enroll.Enrollment, error) {
+func (f *installFlags) enrolment(ctx context.Context, io stdio, t *tpm.TPM, keyDir string) (*enroll.Enrollment, error) {
 	id, err := deviceID(ctx, t)
 	if err != nil {
 		return nil, fmt.Errorf("install: %w", err)
@@ -357,9 +359,7 @@ func (f *installFlags) enrolment(ctx context.Context, io stdio, t *tpm.TPM, keyD
 	}
 	defer cancel()
 	defer admin.CloseIdleConnections()
-	k := c.deviceTPM()
-	defer k.Close()
-	e, err := enroll.EnrollDevice(ctx, k, admin, enroll.Device{ID: id, Hostname: f.hostname,
+	e, err := enroll.EnrollDevice(ctx, t, admin, enroll.Device{ID: id, Hostname: f.hostname,
 		Group: f.group, Log: io.log})
 	if err != nil {
 		return nil, installError(err)
@@ -387,75 +387,6 @@ func enrolledBefore(keyDir string, id keyfile.ID) (*enroll.Enrollment, error) {
 		}
 	}
 	return nil, nil
-}
-
-// openTPM opens the TPM at path (the system's when it is empty: /dev/tpmrm0,
-// else /dev/tpm0; a device file; or unix:PATH for swtpm's socket) as a
-// transport that the TPM values of install share.
-func openTPM(path string) (transport.TPMCloser, error) {
-	switch {
-	case strings.HasPrefix(path, "unix:"):
-		return linuxudstpm.Open(strings.TrimPrefix(path, "unix:"))
-	case path != "":
-		return linuxtpm.Open(path)
-	}
-	var errs []error
-	for _, dev := range []string{"/dev/tpmrm0", "/dev/tpm0"} {
-		tr, err := linuxtpm.Open(dev)
-		if err == nil {
-			return tr, nil
-		}
-		errs = append(errs, err)
-	}
-	return nil, fmt.Errorf("no TPM found: %w", errors.Join(errs...))
-}
-
-// claimer is the device's client of the key server, whose TLS key is the
-// TPM's device key, made on a TPM value of its own for each request and
-// flushed after it.
-//
-// TODO: pbn/tpm keeps the device key loaded until its TPM value is closed;
-// with it, unsealing the key file needs a fourth transient object, more
-// than swtpm and TPMs without a resource manager (/dev/tpm0) hold. A device
-// key that pbn/tpm flushes after each signature would spare this type and
-// openTPM.
-type claimer struct {
-	tr     transport.TPM
-	opts   *tpm.Options
-	server keyfile.Server
-}
-
-func (c claimer) deviceTPM() *tpm.TPM { return tpm.New(c.tr, c.opts) }
-
-// do runs fn with a client of the device.
-func (c claimer) do(ctx context.Context, fn func(*keyserver.Client) error) error {
-	k := c.deviceTPM()
-	defer k.Close()
-	key, err := k.DeviceKey(ctx)
-	if err != nil {
-		return err
-	}
-	cl, err := keyserver.NewClient(c.server.URL, c.server.PublicKey, key)
-	if err != nil {
-		return err
-	}
-	defer cl.CloseIdleConnections()
-	return fn(cl)
-}
-
-// Claim is keyserver.Client's.
-func (c claimer) Claim(ctx context.Context, req keyserver.ClaimRequest) (*keyserver.Claim, error) {
-	var claim *keyserver.Claim
-	err := c.do(ctx, func(cl *keyserver.Client) (err error) {
-		claim, err = cl.Claim(ctx, req)
-		return err
-	})
-	return claim, err
-}
-
-// Revoke is keyserver.Client's.
-func (c claimer) Revoke(ctx context.Context, binding keyfile.ID) error {
-	return c.do(ctx, func(cl *keyserver.Client) error { return cl.Revoke(ctx, binding) })
 }
 
 // installError gives an error of the enrolment or the secure moment its

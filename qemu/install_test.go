@@ -137,7 +137,7 @@ func bootDisk(t *testing.T, ctx context.Context, e *Enterprise, img, legacy, ima
 			t.Fatal(err)
 		}
 	}
-	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "boot", "-d", dir, img, "96M"); err != nil {
+	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "boot", "-d", dir, img, "128M"); err != nil {
 		t.Fatal(err)
 	}
 }

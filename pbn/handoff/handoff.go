@@ -1,7 +1,10 @@
 // Package handoff does what an init does around the agent's work: the
 // early mounts of /proc, /sys, /dev and /run, and the switch to the real
 // root (switch_root), which moves those mounts into it, empties the
-// initramfs and executes the real init.
+// initramfs and executes the real init. It also hands the OS what the
+// agent leaves it: who signed in (WriteSession, in a file under /run) and
+// the user's group keys and enterprise key (PutKeys, in the kernel
+// keyring, never on a disk), so that the user signs in once.
 package handoff
 
 import (

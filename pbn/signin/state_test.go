@@ -245,4 +245,3 @@ func TestTPMClock(t *testing.T) {
 		t.Errorf("ReadClock = %v, %v after %v; want it later", second, err, first)
 	}
 }
-

@@ -117,8 +117,9 @@ type Result struct {
 	// the sign-in.
 	Online bool
 	// Reprotected says the key file was sealed again to a password
-	// changed in the directory; Made says it was made at this sign-in.
-	Reprotected, Made bool
+	// changed in the directory; Made says it was made at this sign-in;
+	// Recovered says a recovery key opened it (Recover).
+	Reprotected, Made, Recovered bool
 }
 
 // User is a user of the device, as the prompt lists them.
@@ -407,7 +408,7 @@ func (d *Device) Recover(ctx context.Context, k keyfile.RecoveryKey) (*Result, e
 		if err != nil {
 			return nil, err
 		}
-		s.res = &Result{KeyFile: f.f, Path: f.path}
+		s.res = &Result{KeyFile: f.f, Path: f.path, Recovered: true}
 		st := d.loadState()
 		st.addRecovery(recovery{f.f.Header().ID, d.now().UTC()})
 		if err := st.save(d.ESP, d.KeyDir); err != nil {

@@ -36,8 +36,11 @@ var pbnFixture struct {
 	image    string // the PBN initramfs
 	disk     string // GPT: ESP with alice's key file, LUKS2 with the tiny OS
 	luksUUID string
-	report   *initramfs.Report
-	err      error
+	// fde opens the disk's LUKS2 volume, for tests that make key files
+	// of their own for copies of the disk.
+	fde    secret.Bytes
+	report *initramfs.Report
+	err    error
 }
 
 // pbnDisk returns the kernel, the PBN image and the shared laptop disk.
@@ -70,8 +73,8 @@ func makePBNFixture() error {
 		return err
 	}
 
-	fde := secret.Random(32)
-	defer fde.Wipe()
+	f.fde = secret.Random(32)
+	fde := f.fde
 	kf, err := keyfile.New(keyfile.Header{ID: keyfile.NewID(), Kind: keyfile.KindUser, DeviceID: keyfile.NewID(),
 		UPN: testUPN}, &keyfile.Keyring{FDE: fde.Clone()})
 	if err != nil {

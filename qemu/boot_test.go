@@ -36,9 +36,9 @@ var pbnFixture struct {
 	image    string // the PBN initramfs
 	disk     string // GPT: ESP with alice's key file, LUKS2 with the tiny OS
 	luksUUID string
-	// fde opens the disk's LUKS2 volume, for tests that make key files
-	// of their own for copies of the disk.
-	fde    secret.Bytes
+	// spec made disk; its LUKSKey, alice's FDE secret, stays for the
+	// test binary's life: Enterprise.Provision re-keys copies of disk.
+	spec   DiskSpec
 	report *initramfs.Report
 	err    error
 }
@@ -73,8 +73,7 @@ func makePBNFixture() error {
 		return err
 	}
 
-	f.fde = secret.Random(32)
-	fde := f.fde
+	fde := secret.Random(32)
 	kf, err := keyfile.New(keyfile.Header{ID: keyfile.NewID(), Kind: keyfile.KindUser, DeviceID: keyfile.NewID(),
 		UPN: testUPN}, &keyfile.Keyring{FDE: fde.Clone()})
 	if err != nil {
@@ -96,8 +95,9 @@ func makePBNFixture() error {
 	f.luksUUID = newUUID()
 	f.disk = filepath.Join(fixtures.dir, "laptop.img")
 	const luksMiB = 12
-	if err := MakeDisk(ctx, DiskSpec{Path: f.disk, ESPMiB: 4, ESPFiles: map[string][]byte{keyFileName: kb},
-		LUKSMiB: luksMiB, LUKSUUID: f.luksUUID, LUKSKey: fde}); err != nil {
+	f.spec = DiskSpec{Path: f.disk, ESPMiB: 4, ESPFiles: map[string][]byte{keyFileName: kb},
+		LUKSMiB: luksMiB, LUKSUUID: f.luksUUID, LUKSKey: fde}
+	if err := MakeDisk(ctx, f.spec); err != nil {
 		return err
 	}
 	root := filepath.Join(fixtures.dir, "tinyos.ext4")

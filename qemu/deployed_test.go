@@ -41,7 +41,7 @@ func sealedElsewhere(t *testing.T, rk keyfile.RecoveryKey) []byte {
 		t.Fatal(err)
 	}
 	defer host.Close()
-	ring := &keyfile.Keyring{FDE: pbnFixture.fde.Clone(), Enterprise: secret.Random(32),
+	ring := &keyfile.Keyring{FDE: pbnFixture.spec.LUKSKey.Clone(), Enterprise: secret.Random(32),
 		Groups: []keyfile.GroupKey{{SID: groupSID, Name: "pbn-staff", Key: secret.Random(32)}}}
 	f, err := keyfile.New(keyfile.Header{ID: keyfile.NewID(), Kind: keyfile.KindUser, DeviceID: keyfile.NewID(),
 		UPN: testUPN, SID: testSID}, ring)
@@ -118,7 +118,7 @@ func espFile(t *testing.T, disk, name string) string {
 func TestDeployedRecovery(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
 	defer cancel()
-	pbnDisk(t) // the fixture's volume key, for the key file
+	pbnDisk(t) // the fixture's LUKSKey, for the key file
 	rk := keyfile.NewRecoveryKey()
 	kb := sealedElsewhere(t, rk)
 	kf, err := keyfile.Parse(kb)

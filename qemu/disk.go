@@ -181,24 +181,13 @@ func (l *Lab) FillLUKS(ctx context.Context, kernel, initrd, disk, root string, k
 	if err != nil {
 		return fmt.Errorf("fill luks: %w (install busybox-static)", err)
 	}
-	var overlay bytes.Buffer
-	if err := writeArchive(&overlay, []cpio.Record{
+	both := filepath.Join(l.Dir, "writer.initrd")
+	if err := appendArchive(both, initrd, []cpio.Record{
 		cpio.Directory("bin", 0o755),
 		cpio.StaticFile("bin/busybox", string(busybox), 0o755),
 		cpio.StaticFile("writer", writerInit, 0o755),
 		cpio.StaticFile("luks.key", string(key), 0o400),
 	}); err != nil {
-		return err
-	}
-	// The kernel unpacks concatenated archives in turn, each starting at
-	// a multiple of 4 bytes; the overlay adds to the image.
-	img, err := os.ReadFile(initrd)
-	if err != nil {
-		return fmt.Errorf("fill luks: %w", err)
-	}
-	img = append(img, make([]byte, (4-len(img)%4)%4)...)
-	both := filepath.Join(l.Dir, "writer.initrd")
-	if err := os.WriteFile(both, append(img, overlay.Bytes()...), 0o600); err != nil {
 		return fmt.Errorf("fill luks: %w", err)
 	}
 	defer os.Remove(both)
@@ -219,6 +208,23 @@ func (l *Lab) FillLUKS(ctx context.Context, kernel, initrd, disk, root string, k
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	return m.Wait(wctx)
+}
+
+// appendArchive writes to dst the initramfs initrd with a newc archive of
+// recs after it. The kernel unpacks concatenated archives in turn, each
+// starting at a multiple of 4 bytes, compressed or not, so recs add to the
+// image and replace its files of the same names.
+func appendArchive(dst, initrd string, recs []cpio.Record) error {
+	var overlay bytes.Buffer
+	if err := writeArchive(&overlay, recs); err != nil {
+		return err
+	}
+	img, err := os.ReadFile(initrd)
+	if err != nil {
+		return err
+	}
+	img = append(img, make([]byte, (4-len(img)%4)%4)...)
+	return os.WriteFile(dst, append(img, overlay.Bytes()...), 0o600)
 }
 
 // run runs a program found by lookSbin and reports its output on failure.

@@ -36,8 +36,13 @@ var early = []mount{
 // (its timing file).
 var moved = []string{"/dev", "/proc", "/sys", "/run"}
 
-// MountEarly mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs). One
-// already mounted (by the kernel, for devtmpfs) is left as it is.
+// devLinks are the links that udev makes in /dev and devtmpfs does not:
+// programs the agent runs pass secrets to cryptsetup as /dev/fd/N.
+var devLinks = map[string]string{"/dev/fd": "/proc/self/fd"}
+
+// MountEarly mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs), and
+// makes /dev/fd. One already mounted (by the kernel, for devtmpfs) is left
+// as it is.
 func MountEarly() error {
 	for _, m := range early {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
@@ -46,6 +51,11 @@ func MountEarly() error {
 		err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
 		if err != nil && !errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	for link, target := range devLinks {
+		if err := os.Symlink(target, link); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("link %s: %w", link, err)
 		}
 	}
 	return nil

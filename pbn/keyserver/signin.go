@@ -25,9 +25,14 @@ import (
 // device's key files: the user's own, to re-protect it with a password
 // changed in the directory, or another user's, so that the device can
 // authorize the keyslot of a key file it makes for this user. Either way
-// the device is trusted to use it for that alone: the agent, measured
-// into the PCRs the TPM key files are sealed to, is the only code that
-// holds the device key.
+// the device is trusted to use it for that alone, on the strength of its
+// TPM's key and the user's password, both checked here.
+//
+// TODO: the device key is not bound to the PCRs, so other code that runs
+// on the device and learns the user's password could ask for a recovery
+// key too; a quote of the PCRs by the device key (TPM2_Quote, Part 3,
+// 18.4) would let the server hand recovery keys to the measured agent
+// alone.
 func (s *Server) signIn(w http.ResponseWriter, r *http.Request, c caller) error {
 	var m signInV1
 	raw, err := readRequest(w, r, &m)

@@ -222,6 +222,9 @@ func (s *session) signIn(ctx context.Context) (*Result, error) {
 	if ans.SID != id.SID {
 		return nil, fmt.Errorf("the key server's account %s is not the directory's %s", ans.SID, id.SID)
 	}
+	// TODO: the key file keeps the group keys of its making; the server
+	// could hand the keys of the user's groups today, so that a group
+	// joined or left in the directory shows at the next online sign-in.
 	res := &Result{KeyFile: f.f, Path: f.path, Online: true}
 	err = f.f.Open(ctx, s.passwordFactor(), s.tpmFactor(nil))
 	if WrongPassword(err) {

@@ -89,6 +89,7 @@ func (a *agent) openKeyFile(ctx context.Context) (*keyfile.KeyFile, error) {
 // provisioning stage's too (cmds/pbn/enterprise.go on its branch); one
 // helper should open them for both once the branches meet.
 func (a *agent) deployed(ctx context.Context) (*keyfile.KeyFile, error) {
+	start := time.Now()
 	unmount, err := a.mountESPWritable(ctx)
 	if err != nil {
 		return nil, err
@@ -109,17 +110,32 @@ func (a *agent) deployed(ctx context.Context) (*keyfile.KeyFile, error) {
 	d := &signin.Device{ESP: keyfile.OSFS{}, KeyDir: filepath.Join(espMount, disk.KeyDir),
 		Volume: disk.Keyslots{Cryptsetup: cs, Dev: a.luksDev.Path}, TPM: t, Clock: signin.TPMClock(tr),
 		StepTimeout: signInTimeout, Logger: a.log}
-	a.connect(ctx, d, t)
 	users, err := d.Users()
 	if err != nil {
 		return nil, err
 	}
-	return a.signInPrompt(ctx, d, users)
+	// The directory and the key server are made ready while the person
+	// types; a sign-in waits for them, a recovery key does not need them.
+	connected := make(chan struct{})
+	go func() {
+		defer close(connected)
+		a.connect(ctx, d, t)
+	}()
+	defer func() {
+		<-connected
+		if c, ok := d.Server.(*keyserver.Client); ok {
+			c.CloseIdleConnections()
+		}
+	}()
+	a.log.Debug("sign-in prompt ready", "took", time.Since(start))
+	return a.signInPrompt(ctx, d, users, connected)
 }
 
 // connect gives d the directory and the key server, as far as the image's
 // configuration and the key files name them; what is missing leaves the
-// device offline.
+// device offline. It opens a connection to the key server, which the
+// sign-in then uses: its TLS handshake, signed by the TPM's device key,
+// is done while the person types.
 func (a *agent) connect(ctx context.Context, d *signin.Device, t *tpm.TPM) {
 	cfg, err := config.Load(config.Dir)
 	var adc ad.Config
@@ -151,12 +167,18 @@ func (a *agent) connect(ctx context.Context, d *signin.Device, t *tpm.TPM) {
 		return
 	}
 	d.Directory, d.Server = dir, c
+	hctx, cancel := context.WithTimeout(ctx, signInTimeout)
+	defer cancel()
+	if err := c.Healthy(hctx); err != nil {
+		a.log.Info("key server not answering yet", "err", err)
+	}
 }
 
 // signInPrompt lists the users and asks for an account (or a recovery
 // key) and a password until one opens a key file. Wrong passwords count
 // against the kernel command line's tries; a locked TPM ends the prompt.
-func (a *agent) signInPrompt(ctx context.Context, d *signin.Device, users []signin.User) (*keyfile.KeyFile, error) {
+func (a *agent) signInPrompt(ctx context.Context, d *signin.Device, users []signin.User,
+	connected <-chan struct{}) (*keyfile.KeyFile, error) {
 	tries := max(a.cmdline.PBN.Tries, 1)
 	a.say("users of this device:")
 	for i, u := range users {
@@ -175,7 +197,7 @@ func (a *agent) signInPrompt(ctx context.Context, d *signin.Device, users []sign
 		case strings.EqualFold(choice, recoveryChoice):
 			res, err = a.recover(ctx, d)
 		default:
-			res, err = a.signIn(ctx, d, account(users, choice))
+			res, err = a.signIn(ctx, d, account(users, choice), connected)
 		}
 		if err == nil {
 			a.session = handoff.Session{Stage: handoff.StageDeployed, Online: res.Online}
@@ -199,13 +221,15 @@ func (a *agent) signInPrompt(ctx context.Context, d *signin.Device, users []sign
 	return nil, console.ErrTooManyTries
 }
 
-func (a *agent) signIn(ctx context.Context, d *signin.Device, account string) (*signin.Result, error) {
+func (a *agent) signIn(ctx context.Context, d *signin.Device, account string,
+	connected <-chan struct{}) (*signin.Result, error) {
 	pw, took, err := a.con.Password("Password for " + printable(account) + ": ")
 	a.timing.Exclude(took)
 	if err != nil {
 		return nil, err
 	}
 	defer pw.Wipe()
+	<-connected
 	return d.SignIn(ctx, account, pw)
 }
 

@@ -196,18 +196,24 @@ type session struct {
 }
 
 func (s *session) signIn(ctx context.Context) (*Result, error) {
+	ahead := s.askAhead(ctx)
 	id, err := s.authenticate(ctx)
-	if err != nil {
-		return nil, err
+	var f *stored
+	if err == nil && id != nil {
+		f = s.bySID(id.SID)
 	}
-	if id == nil {
-		return s.offline(ctx)
-	}
-	f := s.bySID(id.SID)
 	if f == nil {
+		ahead.discard()
+	}
+	switch {
+	case err != nil:
+		return nil, err
+	case id == nil:
+		return s.offline(ctx)
+	case f == nil:
 		return s.addUser(ctx, id)
 	}
-	ans, err := s.ask(ctx, keyserver.SignInRequest{KeyFile: f.f.Header().ID})
+	ans, err := ahead.answer(ctx, s, f)
 	switch {
 	case offline(err):
 		s.d.logger().Info("key server unreachable: offline sign-in", "err", err)
@@ -226,7 +232,9 @@ func (s *session) signIn(ctx context.Context) (*Result, error) {
 	// could hand the keys of the user's groups today, so that a group
 	// joined or left in the directory shows at the next online sign-in.
 	res := &Result{KeyFile: f.f, Path: f.path, Online: true}
+	start := time.Now()
 	err = f.f.Open(ctx, s.passwordFactor(), s.tpmFactor(nil))
+	s.d.logger().Debug("key file", "took", time.Since(start))
 	if WrongPassword(err) {
 		// The directory and the server took the password: the key file
 		// has an older one.
@@ -239,6 +247,65 @@ func (s *session) signIn(ctx context.Context) (*Result, error) {
 	return res, s.recordContact(ctx, f.f, ans)
 }
 
+// ahead is a sign-in sent to the key server while the directory checks
+// the password, so that the two round trips overlap: for the key file the
+// typed account names, which the directory's answer must confirm before
+// the server's is taken.
+type ahead struct {
+	keyFile keyfile.ID // zero when nothing was sent
+	cancel  context.CancelFunc
+	done    chan struct{}
+	ans     *keyserver.SignIn
+	err     error
+}
+
+// askAhead sends the sign-in of the key file the account names, if the
+// device is online and has one.
+func (s *session) askAhead(ctx context.Context) *ahead {
+	a := &ahead{}
+	if s.d.Directory == nil || s.d.Server == nil {
+		return a
+	}
+	f, err := s.byAccount()
+	if err != nil {
+		return a
+	}
+	ctx, a.cancel = context.WithCancel(ctx)
+	a.keyFile, a.done = f.f.Header().ID, make(chan struct{})
+	go func() {
+		defer close(a.done)
+		a.ans, a.err = s.ask(ctx, keyserver.SignInRequest{KeyFile: a.keyFile})
+	}()
+	return a
+}
+
+// answer returns the server's answer for key file f: the one sent ahead
+// when it was for f, else one asked now.
+func (a *ahead) answer(ctx context.Context, s *session, f *stored) (*keyserver.SignIn, error) {
+	id := f.f.Header().ID
+	if a.done == nil || a.keyFile != id {
+		a.discard()
+		return s.ask(ctx, keyserver.SignInRequest{KeyFile: id})
+	}
+	<-a.done
+	a.cancel()
+	return a.ans, a.err
+}
+
+// discard cancels a sign-in sent ahead that is not wanted, waits for it
+// and wipes its answer. The session's state is the caller's again after.
+func (a *ahead) discard() {
+	if a.done == nil {
+		return
+	}
+	a.cancel()
+	<-a.done
+	if a.ans != nil {
+		a.ans.Wipe()
+	}
+	a.done = nil
+}
+
 // authenticate asks the directory; a nil identity without an error means
 // offline.
 func (s *session) authenticate(ctx context.Context) (*ad.Identity, error) {
@@ -247,7 +314,9 @@ func (s *session) authenticate(ctx context.Context) (*ad.Identity, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.d.stepTimeout())
 	defer cancel()
+	start := time.Now()
 	id, err := s.d.Directory.Login(ctx, s.account, s.password)
+	s.d.logger().Debug("directory", "took", time.Since(start))
 	if r := ad.ReasonOf(err); r == ad.Unreachable || r == ad.PinMismatch {
 		s.d.logger().Info("directory unreachable: offline sign-in", "err", err)
 		return nil, nil
@@ -279,7 +348,9 @@ func (s *session) ask(ctx context.Context, req keyserver.SignInRequest) (*keyser
 	for _, r := range s.st.recoveries {
 		req.Recoveries = append(req.Recoveries, keyserver.RecoveryUse{KeyFile: r.KeyFile, At: r.At})
 	}
+	start := time.Now()
 	ans, err := s.d.Server.SignIn(ctx, req)
+	s.d.logger().Debug("key server", "took", time.Since(start))
 	if err != nil {
 		return nil, err
 	}

@@ -151,6 +151,11 @@ func (a *agent) connect(ctx context.Context, d *signin.Device, t *tpm.TPM) {
 		return
 	}
 
+	// TODO: the key server and its pin come from a key file not yet
+	// authenticated (it opens only after the server's answer), so an ESP
+	// rewritten to pin another server would send that server the
+	// password; the image's configuration, which the PCRs measure, should
+	// pin the key server as it pins the directory's CA.
 	var srv keyfile.Server
 	for _, f := range a.files {
 		if srv = f.Header().Server; srv.URL != "" {

@@ -3,8 +3,6 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -115,15 +113,6 @@ func makePBNFixture() error {
 // fixtureConsole receives the console of the guest that fills the disk:
 // the fixture has no test to log to.
 var fixtureConsole io.Writer = io.Discard
-
-// newUUID returns a random RFC 9562 version 4 UUID.
-func newUUID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
-}
 
 // bootPBN boots a laptop with the PBN image from disk on a lab with a DHCP
 // server when dhcp is set. hw picks the network card and the disk

@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"maps"
 	"os"
@@ -267,4 +268,13 @@ func copyInto(dst, src string, off int64) error {
 		return err
 	}
 	return f.Close()
+}
+
+// newUUID returns a random RFC 9562 version 4 UUID.
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }

@@ -52,6 +52,7 @@ type agent struct {
 	luksDev  *disk.Device // where it is
 	files    []*keyfile.KeyFile
 	opened   *keyfile.KeyFile
+	session  handoff.Session // what the handover tells the OS; the unlock step says how it opened
 	rootDev  *disk.Device
 	initPath string
 }
@@ -367,7 +368,7 @@ func (a *agent) unlockers() []disk.Unlocker {
 }
 
 func (a *agent) unlock(ctx context.Context) error {
-	f, err := disk.Unlock(ctx, a.unlockers(), a.files)
+	f, err := a.openKeyFile(ctx)
 	if err != nil {
 		return err
 	}
@@ -419,6 +420,7 @@ func (a *agent) openDisk(ctx context.Context) error {
 		return err
 	}
 	a.say("disk: %s opened as %s", dev.Path, disk.Mapper(v.Name))
+	a.handover()
 	if a.cmdline.Root.Kind == "" || a.cmdline.Root == (cmdline.Device{Kind: cmdline.DeviceUUID, Value: v.UUID}) {
 		a.cmdline.Root = cmdline.Device{Kind: cmdline.DevicePath, Value: disk.Mapper(v.Name)}
 	}

@@ -1,7 +1,10 @@
 // Package handoff does what an init does around the agent's work: the
 // early mounts of /proc, /sys, /dev and /run, and the switch to the real
 // root (switch_root), which moves those mounts into it, empties the
-// initramfs and executes the real init.
+// initramfs and executes the real init. It also hands the OS what the
+// agent leaves it: who signed in (WriteSession, in a file under /run) and
+// the user's group keys and enterprise key (PutKeys, in the kernel
+// keyring, never on a disk), so that the user signs in once.
 package handoff
 
 import (
@@ -33,10 +36,13 @@ var early = []mount{
 // (its timing file).
 var moved = []string{"/dev", "/proc", "/sys", "/run"}
 
-// MountEarly mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs). One
-// already mounted (by the kernel, for devtmpfs) is left as it is. It also
-// links /dev/fd to /proc/self/fd, as udev does elsewhere: cryptsetup
-// reads the keys of a new keyslot from /dev/fd/N (disk.Keyslots.Add).
+// devLinks are the links that udev makes in /dev and devtmpfs does not:
+// programs the agent runs pass secrets to cryptsetup as /dev/fd/N.
+var devLinks = map[string]string{"/dev/fd": "/proc/self/fd"}
+
+// MountEarly mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs), and
+// makes /dev/fd. One already mounted (by the kernel, for devtmpfs) is left
+// as it is.
 func MountEarly() error {
 	for _, m := range early {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
@@ -47,8 +53,10 @@ func MountEarly() error {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
 	}
-	if err := os.Symlink("/proc/self/fd", "/dev/fd"); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("link /dev/fd: %w", err)
+	for link, target := range devLinks {
+		if err := os.Symlink(target, link); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("link %s: %w", link, err)
+		}
 	}
 	return nil
 }

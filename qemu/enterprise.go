@@ -66,6 +66,8 @@ type Enterprise struct {
 	// process: its connections are made inside the lab's namespace.
 	Admin *keyserver.Client
 
+	serverKey []byte // pbnd's, as key files and the image pin it
+
 	mu     sync.Mutex
 	groups map[string]bool // made on the DC
 }
@@ -170,7 +172,7 @@ func (e *Enterprise) adminReady(ctx context.Context, file string) error {
 		c.CloseIdleConnections()
 		return err
 	}
-	e.Admin = c
+	e.Admin, e.serverKey = c, a.ServerKey
 	return nil
 }
 
@@ -209,8 +211,9 @@ func (e *Enterprise) AddUser(ctx context.Context, name, password string, groups 
 // autoboot countdown of DefaultCountdown.
 func (e *Enterprise) Config() *config.Config {
 	return &config.Config{Version: config.Version,
-		AD:       config.AD{Domain: e.DC.DNSDomain, DCs: []string{e.DC.LDAPS()}},
-		Autoboot: config.Autoboot{Countdown: config.Duration(DefaultCountdown)}}
+		AD:        config.AD{Domain: e.DC.DNSDomain, DCs: []string{e.DC.LDAPS()}},
+		KeyServer: &config.KeyServer{URL: e.KeyServer, PublicKey: e.serverKey},
+		Autoboot:  config.Autoboot{Countdown: config.Duration(DefaultCountdown)}}
 }
 
 // Image writes to out the PBN image base with this enterprise's

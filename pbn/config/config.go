@@ -4,28 +4,38 @@
 // The image holds it in /etc/pbn (initramfs.ConfigDir): pbn.conf, a JSON
 // object (see Config), and ca.pem, the CA certificates that issued the
 // domain controllers' certificates; with an imaging section, imaging-ca.pem
-// too (see Imaging). The key server needs no entry here: each key file names
-// its server and pins its key.
+// too (see Imaging).
+//
+// Each key file names its key server and pins its key, but the ESP that
+// holds the key files is not encrypted: a key file planted there could
+// name a server of someone else's, to which the secure moment and the
+// sign-in would send the user's password. The keyserver entry pins the
+// enterprise's server in the image, which Secure Boot can vouch for, and
+// the agent then uses only key files bound to it (Trusts).
 //
 // An example:
 //
 //	{
 //	  "version": 1,
 //	  "ad": {"domain": "corp.example.test", "dcs": ["ldaps://dc1.corp.example.test"]},
+//	  "keyserver": {"url": "https://pbnd.corp.example.test:8443", "public_key": "MFkwEwYHKoZI..."},
 //	  "autoboot": {"countdown": "5s"}
 //	}
 package config
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/ad"
 )
 
@@ -59,6 +69,9 @@ type Config struct {
 	// AD is the domain that users sign in to; a zero AD means the image
 	// knows no domain, and only key files that need none open.
 	AD AD `json:"ad"`
+	// KeyServer, when present, is the only key server that the agent's
+	// key files may be bound to.
+	KeyServer *KeyServer `json:"keyserver,omitempty"`
 	// Autoboot says how the provisioning stage boots unattended.
 	Autoboot Autoboot `json:"autoboot"`
 	// Imaging, when present, configures the imaging mode.
@@ -77,6 +90,26 @@ type AD struct {
 
 	// ca is the content of ca.pem.
 	ca []byte
+}
+
+// KeyServer pins the enterprise key server as keyfile.Server does.
+type KeyServer struct {
+	// URL is the server's base address, as key files name it.
+	URL string `json:"url"`
+	// PublicKey is the DER SubjectPublicKeyInfo of the server's key,
+	// base64 in JSON (pbnctl tang show prints it as PEM).
+	PublicKey []byte `json:"public_key"`
+}
+
+// Trusts says whether a key file bound to s may be used: always when the
+// configuration pins no key server, otherwise only when s is the pinned one
+// (a key file bound to no server, such as a password-only one, sends
+// nothing anywhere and is trusted too).
+func (c *Config) Trusts(s keyfile.Server) bool {
+	if c.KeyServer == nil || s.URL == "" {
+		return true
+	}
+	return s.URL == c.KeyServer.URL && bytes.Equal(s.PublicKey, c.KeyServer.PublicKey)
 }
 
 // Autoboot configures the unattended boot of the provisioning stage.
@@ -178,6 +211,14 @@ func (c *Config) check() error {
 	}
 	if c.AD.Domain == "" && (len(c.AD.DCs) > 0 || c.AD.LDAPS) {
 		return errors.New("ad: domain controllers without a domain")
+	}
+	if k := c.KeyServer; k != nil {
+		if u, err := url.Parse(k.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+			return fmt.Errorf("keyserver: url %q, want https://HOST[:PORT]", k.URL)
+		}
+		if _, err := x509.ParsePKIXPublicKey(k.PublicKey); err != nil {
+			return fmt.Errorf("keyserver: public_key: %w", err)
+		}
 	}
 	if cd := time.Duration(c.Autoboot.Countdown); cd < 0 || cd > MaxCountdown {
 		return fmt.Errorf("autoboot: countdown %v, want 0 to %v", cd, MaxCountdown)

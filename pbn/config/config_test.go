@@ -1,12 +1,21 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pbn-project/pbn/keyfile"
 )
 
 const example = `{"version": 1, "ad": {"domain": "corp.example.test", "dcs": ["ldaps://dc1.corp.example.test"]},
@@ -98,6 +107,7 @@ func TestRoundTrip(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(example))
 	f.Add([]byte(`{"version": 1}`))
+	f.Add([]byte(`{"version": 1, "keyserver": {"url": "https://pbnd:8443", "public_key": "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"}}`))
 	f.Add([]byte(imagingExample))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Parse(b)
@@ -115,4 +125,50 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestKeyServerPin(t *testing.T) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin, err := x509.MarshalPKIXPublicKey(k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const url = "https://pbnd.corp.example.test:8443"
+	in := fmt.Sprintf(`{"version": 1, "keyserver": {"url": %q, "public_key": %q}}`, url,
+		base64.StdEncoding.EncodeToString(pin))
+	c, err := Parse([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := slices.Clone(pin)
+	other[len(other)-1] ^= 1
+	for _, tc := range []struct {
+		name string
+		s    keyfile.Server
+		want bool
+	}{
+		{"the pinned server", keyfile.Server{URL: url, PublicKey: pin}, true},
+		{"no server", keyfile.Server{}, true},
+		{"another key", keyfile.Server{URL: url, PublicKey: other}, false},
+		{"another URL", keyfile.Server{URL: "https://10.0.0.66:8443", PublicKey: pin}, false},
+	} {
+		if got := c.Trusts(tc.s); got != tc.want {
+			t.Errorf("Trusts(%s) = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if !(&Config{Version: Version}).Trusts(keyfile.Server{URL: url, PublicKey: other}) {
+		t.Error("a configuration without a key server refused a key file's server")
+	}
+	for _, bad := range []string{
+		`{"version": 1, "keyserver": {"url": "http://pbnd:8443", "public_key": "` + base64.StdEncoding.EncodeToString(pin) + `"}}`,
+		`{"version": 1, "keyserver": {"url": "https://pbnd:8443", "public_key": "AAAA"}}`,
+		`{"version": 1, "keyserver": {"url": "https://pbnd:8443"}}`,
+	} {
+		if _, err := Parse([]byte(bad)); err == nil || !strings.Contains(err.Error(), "keyserver") {
+			t.Errorf("Parse(%s) = %v, want a keyserver error", bad, err)
+		}
+	}
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/pbn-project/pbn/initramfs"
 	"github.com/pbn-project/pbn/keyfile"
-	"github.com/pbn-project/pbn/pbn/imaging"
 	"github.com/pbn-project/pbn/pbn/secret"
 )
 
@@ -39,6 +38,7 @@ var pbnFixture struct {
 	// test binary's life: Enterprise.Provision re-keys copies of disk.
 	spec   DiskSpec
 	report *initramfs.Report
+	base   *Base // all of the above
 	err    error
 }
 
@@ -59,19 +59,6 @@ func makePBNFixture() error {
 	f := &pbnFixture
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var err error
-	if f.kernel, err = initramfs.FindKernel(""); err != nil {
-		return err
-	}
-	var img bytes.Buffer
-	if f.report, err = initramfs.Build(ctx, initramfs.Config{Dir: ".."}, &img); err != nil {
-		return err
-	}
-	f.image = filepath.Join(fixtures.dir, "pbn.img")
-	if err := os.WriteFile(f.image, img.Bytes(), 0o644); err != nil {
-		return err
-	}
-
 	fde := secret.Random(32)
 	kf, err := keyfile.New(keyfile.Header{ID: keyfile.NewID(), Kind: keyfile.KindUser, DeviceID: keyfile.NewID(),
 		UPN: testUPN}, &keyfile.Keyring{FDE: fde.Clone()})
@@ -90,25 +77,13 @@ func makePBNFixture() error {
 	if err != nil {
 		return err
 	}
-
-	f.luksUUID = imaging.NewUUID()
-	f.disk = filepath.Join(fixtures.dir, "laptop.img")
-	const luksMiB = 12
-	f.spec = DiskSpec{Path: f.disk, ESPMiB: 4, ESPFiles: map[string][]byte{keyFileName: kb},
-		LUKSMiB: luksMiB, LUKSUUID: f.luksUUID, LUKSKey: fde}
-	if err := MakeDisk(ctx, f.spec); err != nil {
+	if f.base, err = MakeBase(ctx, BaseOptions{Repo: "..", Dir: fixtures.dir,
+		ESPFiles: map[string][]byte{keyFileName: kb}, LUKSKey: fde, Console: fixtureConsole}); err != nil {
 		return err
 	}
-	root := filepath.Join(fixtures.dir, "tinyos.ext4")
-	if err := TinyOSExt4(ctx, root, LUKSDataMiB(luksMiB)); err != nil {
-		return err
-	}
-	lab, err := New(ctx, Options{Console: fixtureConsole})
-	if err != nil {
-		return err
-	}
-	defer lab.Close()
-	return lab.FillLUKS(ctx, f.kernel.Image, f.image, f.disk, root, fde)
+	f.kernel, f.image, f.report, f.spec = f.base.Kernel, f.base.Image, f.base.Report, f.base.Template
+	f.disk, f.luksUUID = f.spec.Path, f.spec.LUKSUUID
+	return nil
 }
 
 // fixtureConsole receives the console of the guest that fills the disk:

@@ -43,36 +43,26 @@ var entFixture struct {
 // them on the first call.
 func sharedEnterprise(t testing.TB) (*Enterprise, string) {
 	t.Helper()
-	_, base, _, _ := pbnDisk(t)
+	pbnDisk(t)
 	samba.Need(t)
 	f := &entFixture
-	f.once.Do(func() { f.err = startEnterprise(base) })
+	f.once.Do(func() { f.err = startEnterprise() })
 	if f.err != nil {
 		t.Fatalf("enterprise: %v", f.err)
 	}
 	return f.ent, f.image
 }
 
-func startEnterprise(base string) error {
+func startEnterprise() error {
 	f := &entFixture
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	pbnd := filepath.Join(fixtures.dir, "pbnd")
-	if err := BuildPBND(ctx, "..", pbnd); err != nil {
-		return err
-	}
 	var err error
-	if f.lab, err = New(ctx, Options{}); err != nil {
+	if f.ent, f.image, err = StartWorld(ctx, "..", fixtures.dir, pbnFixture.base, Options{}); err != nil {
 		return err
 	}
-	if _, err := f.lab.StartDHCP(ctx); err != nil {
-		return err
-	}
-	if f.ent, err = f.lab.StartEnterprise(ctx, EnterpriseOptions{PBND: pbnd}); err != nil {
-		return err
-	}
-	f.image = filepath.Join(fixtures.dir, "pbn-enterprise.img")
-	return f.ent.Image(base, f.image)
+	f.lab = f.ent.Lab
+	return nil
 }
 
 // closeEnterprise closes the shared enterprise's lab, if it was made.

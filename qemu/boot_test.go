@@ -184,7 +184,7 @@ func checkBoot(t *testing.T, ctx context.Context, lab *Lab, m *Laptop, drivers [
 	if root := got[0][1]; !strings.HasPrefix(root, "/dev/mapper/") && !strings.HasPrefix(root, "/dev/dm-") {
 		t.Errorf("tiny OS root = %s, want the opened LUKS volume", root)
 	}
-	phases := parseTiming(got[1][1])
+	phases := ParseTiming(got[1][1]).Phases
 	for _, p := range []string{"drivers", "network", "modules", "unlock", "root"} {
 		if _, ok := phases[p]; !ok {
 			t.Errorf("timing file has no %s phase:\n%s", p, got[1][1])
@@ -286,23 +286,6 @@ func corruptKeyFile(t *testing.T, disk, dst string) {
 	}
 }
 
-// parseTiming reads the agent's timing file: "<phase> <start ms> <end ms>".
-func parseTiming(s string) map[string][2]float64 {
-	phases := map[string][2]float64{}
-	for line := range strings.Lines(s) {
-		f := strings.Fields(line)
-		if len(f) != 3 || strings.HasPrefix(f[0], "#") {
-			continue
-		}
-		a, err1 := strconv.ParseFloat(f[1], 64)
-		b, err2 := strconv.ParseFloat(f[2], 64)
-		if err1 == nil && err2 == nil {
-			phases[f[0]] = [2]float64{a, b}
-		}
-	}
-	return phases
-}
-
 func containsAll(have []string, want ...string) bool {
 	for _, w := range want {
 		found := false
@@ -330,27 +313,17 @@ func BenchmarkBoot(b *testing.B) {
 		_, m := bootPBN(b, ctx, disk, true, "", LaptopOptions{})
 		expect(b, ctx, m, promptRE)
 		m.Console.Type(testPassword + "\n")
-		got := expect(b, ctx, m, regexp.QuoteMeta(TimingBegin)+`\n((?s:.*?))`+regexp.QuoteMeta(TimingEnd))
+		tm, err := m.Console.Timing(ctx)
 		cancel()
-		phases, excluded := parseTiming(got[0][1]), timingExcluded(got[0][1])
-		network += phases["network"][1]
-		drivers += phases["drivers"][1]
-		switchRoot += phases["root"][1] - excluded
+		if err != nil {
+			b.Fatal(err)
+		}
+		network += tm.Phases["network"][1]
+		drivers += tm.Phases["drivers"][1]
+		switchRoot += tm.SwitchRoot()
 		n++
 	}
 	b.ReportMetric(drivers/float64(n), "netlink-ms")
 	b.ReportMetric(network/float64(n), "network-ms")
 	b.ReportMetric(switchRoot/float64(n), "switch_root-ms")
-}
-
-// timingExcluded returns the timing file's "excluded <ms>": time spent
-// waiting for a person.
-func timingExcluded(s string) float64 {
-	for line := range strings.Lines(s) {
-		if f := strings.Fields(line); len(f) == 2 && f[0] == "excluded" {
-			v, _ := strconv.ParseFloat(f[1], 64)
-			return v
-		}
-	}
-	return 0
 }

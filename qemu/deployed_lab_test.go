@@ -491,14 +491,16 @@ func BenchmarkDeployedBoot(b *testing.B) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
 		m := l.mustLaptop(b, ctx, LaptopOptions{})
 		l.mustSignIn(b, ctx, m, depAlice, l.password)
-		got := expect(b, ctx, m, regexp.QuoteMeta(TimingBegin)+`\n((?s:.*?))`+regexp.QuoteMeta(TimingEnd))
-		if err := m.Wait(ctx); err != nil {
+		tm, err := m.Console.Timing(ctx)
+		if err == nil {
+			err = m.Wait(ctx)
+		}
+		if err != nil {
 			b.Fatal(err)
 		}
 		cancel()
-		phases, excluded := parseTiming(got[0][1]), timingExcluded(got[0][1])
-		switchRoot += phases["root"][1] - excluded
-		unlock += phases["unlock"][1] - phases["unlock"][0] - excluded
+		switchRoot += tm.SwitchRoot()
+		unlock += tm.Phases["unlock"][1] - tm.Phases["unlock"][0] - tm.Excluded
 		n++
 	}
 	b.ReportMetric(switchRoot/float64(n), "switch_root-ms")

@@ -1,10 +1,11 @@
 // Command demo tells PBN's story as it stands, printing each step as it
 // happens: run it with make demo from the repository's root.
 //
-// Today it shows the key file: what an administrator makes with pbnctl,
-// what it holds, how it opens and how it refuses. The QEMU lab's story (a
-// laptop's unattended boot, the secure moment, the deployed stage) joins it
-// as the lab grows.
+// First the key file, through pbnctl: what an administrator makes, what it
+// holds, how it opens and how it refuses. Then the QEMU lab's story (see
+// labStory): a laptop's unattended boot, the secure moment, the deployed
+// stage, a second user and the recovery key, each boot with its timing.
+// The lab needs root, as make test does.
 package main
 
 import (
@@ -21,7 +22,12 @@ import (
 )
 
 func main() {
-	if err := run(context.Background(), os.Stdout); err != nil {
+	ctx := context.Background()
+	err := keyFileStory(ctx, os.Stdout)
+	if err == nil {
+		err = labStory(ctx, os.Stdout)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -35,7 +41,7 @@ type step struct {
 	code  int      // the exit code the step expects
 }
 
-func run(ctx context.Context, w io.Writer) error {
+func keyFileStory(ctx context.Context, w io.Writer) error {
 	dir, err := os.MkdirTemp("", "pbn-demo-")
 	if err != nil {
 		return err
@@ -94,7 +100,6 @@ func run(ctx context.Context, w io.Writer) error {
 			recoveryKey = m[1]
 		}
 	}
-	fmt.Fprintln(w, "\nThe key file story ends here; the QEMU lab's story comes with the image and lab.")
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
@@ -102,7 +103,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // Account shows prompt and reads a line, echoed as typed. Backspace
 // removes the last character; Ctrl-U or Ctrl-C clears the line; other
-// control characters are dropped; Enter ends it. It returns
+// control characters (C0 and C1) are dropped; Enter ends it. It returns
 // console.ErrClosed when the input ends.
 func (t *Terminal) Account(prompt string) (string, time.Duration, error) {
 	t.Console.Write([]byte(prompt))
@@ -130,7 +131,15 @@ func (t *Terminal) readLine() (string, error) {
 		case c < 0x20:
 		case len(line) < MaxAccount:
 			line = append(line, c)
-			if tail := runeTail(line); utf8.FullRune(tail) && utf8.Valid(tail) {
+			tail := runeTail(line)
+			if !utf8.FullRune(tail) {
+				continue
+			}
+			if r, _ := utf8.DecodeRune(tail); unicode.IsControl(r) { // C1 controls
+				line = line[:len(line)-len(tail)]
+				continue
+			}
+			if utf8.Valid(tail) {
 				t.Console.Write(tail)
 			}
 		}

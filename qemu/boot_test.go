@@ -3,8 +3,6 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -36,8 +34,11 @@ var pbnFixture struct {
 	image    string // the PBN initramfs
 	disk     string // GPT: ESP with alice's key file, LUKS2 with the tiny OS
 	luksUUID string
-	report   *initramfs.Report
-	err      error
+	// spec made disk; its LUKSKey, alice's FDE secret, stays for the
+	// test binary's life: Enterprise.Provision re-keys copies of disk.
+	spec   DiskSpec
+	report *initramfs.Report
+	err    error
 }
 
 // pbnDisk returns the kernel, the PBN image and the shared laptop disk.
@@ -71,7 +72,6 @@ func makePBNFixture() error {
 	}
 
 	fde := secret.Random(32)
-	defer fde.Wipe()
 	kf, err := keyfile.New(keyfile.Header{ID: keyfile.NewID(), Kind: keyfile.KindUser, DeviceID: keyfile.NewID(),
 		UPN: testUPN}, &keyfile.Keyring{FDE: fde.Clone()})
 	if err != nil {
@@ -93,8 +93,9 @@ func makePBNFixture() error {
 	f.luksUUID = newUUID()
 	f.disk = filepath.Join(fixtures.dir, "laptop.img")
 	const luksMiB = 12
-	if err := MakeDisk(ctx, DiskSpec{Path: f.disk, ESPMiB: 4, ESPFiles: map[string][]byte{keyFileName: kb},
-		LUKSMiB: luksMiB, LUKSUUID: f.luksUUID, LUKSKey: fde}); err != nil {
+	f.spec = DiskSpec{Path: f.disk, ESPMiB: 4, ESPFiles: map[string][]byte{keyFileName: kb},
+		LUKSMiB: luksMiB, LUKSUUID: f.luksUUID, LUKSKey: fde}
+	if err := MakeDisk(ctx, f.spec); err != nil {
 		return err
 	}
 	root := filepath.Join(fixtures.dir, "tinyos.ext4")
@@ -112,15 +113,6 @@ func makePBNFixture() error {
 // fixtureConsole receives the console of the guest that fills the disk:
 // the fixture has no test to log to.
 var fixtureConsole io.Writer = io.Discard
-
-// newUUID returns a random RFC 9562 version 4 UUID.
-func newUUID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
-}
 
 // bootPBN boots a laptop with the PBN image from disk on a lab with a DHCP
 // server when dhcp is set. hw picks the network card and the disk

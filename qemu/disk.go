@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"maps"
 	"os"
@@ -181,24 +182,13 @@ func (l *Lab) FillLUKS(ctx context.Context, kernel, initrd, disk, root string, k
 	if err != nil {
 		return fmt.Errorf("fill luks: %w (install busybox-static)", err)
 	}
-	var overlay bytes.Buffer
-	if err := writeArchive(&overlay, []cpio.Record{
+	both := filepath.Join(l.Dir, "writer.initrd")
+	if err := appendArchive(both, initrd, []cpio.Record{
 		cpio.Directory("bin", 0o755),
 		cpio.StaticFile("bin/busybox", string(busybox), 0o755),
 		cpio.StaticFile("writer", writerInit, 0o755),
 		cpio.StaticFile("luks.key", string(key), 0o400),
 	}); err != nil {
-		return err
-	}
-	// The kernel unpacks concatenated archives in turn, each starting at
-	// a multiple of 4 bytes; the overlay adds to the image.
-	img, err := os.ReadFile(initrd)
-	if err != nil {
-		return fmt.Errorf("fill luks: %w", err)
-	}
-	img = append(img, make([]byte, (4-len(img)%4)%4)...)
-	both := filepath.Join(l.Dir, "writer.initrd")
-	if err := os.WriteFile(both, append(img, overlay.Bytes()...), 0o600); err != nil {
 		return fmt.Errorf("fill luks: %w", err)
 	}
 	defer os.Remove(both)
@@ -219,6 +209,23 @@ func (l *Lab) FillLUKS(ctx context.Context, kernel, initrd, disk, root string, k
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	return m.Wait(wctx)
+}
+
+// appendArchive writes to dst the initramfs initrd with a newc archive of
+// recs after it. The kernel unpacks concatenated archives in turn, each
+// starting at a multiple of 4 bytes, compressed or not, so recs add to the
+// image and replace its files of the same names.
+func appendArchive(dst, initrd string, recs []cpio.Record) error {
+	var overlay bytes.Buffer
+	if err := writeArchive(&overlay, recs); err != nil {
+		return err
+	}
+	img, err := os.ReadFile(initrd)
+	if err != nil {
+		return err
+	}
+	img = append(img, make([]byte, (4-len(img)%4)%4)...)
+	return os.WriteFile(dst, append(img, overlay.Bytes()...), 0o600)
 }
 
 // run runs a program found by lookSbin and reports its output on failure.
@@ -261,4 +268,13 @@ func copyInto(dst, src string, off int64) error {
 		return err
 	}
 	return f.Close()
+}
+
+// newUUID returns a random RFC 9562 version 4 UUID.
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
 }

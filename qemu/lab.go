@@ -8,6 +8,14 @@
 // namespace, tap device or process behind. Nothing in the lab reaches
 // beyond its namespace: its addresses exist only there.
 //
+// Lab.StartEnterprise adds the enterprise's services to the LAN: a Samba
+// AD domain controller and the key server pbnd, with an administrator's
+// client that reaches pbnd from the test process. Enterprise.Provision
+// sets a laptop up from the host as imaging does on a real device
+// (enrolment, TPM state, a disk with the provisioning key file), and
+// Laptop.PowerCut and PowerOn cut the power and boot it again on the same
+// disk and TPM.
+//
 // QEMU runs with TCG (these machines have no KVM): a Debian kernel reaches
 // /init in a few seconds.
 package qemu

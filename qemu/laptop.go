@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,26 +49,38 @@ type LaptopOptions struct {
 	Memory  int    // MiB, default DefaultMemory
 	NoTPM   bool   // no swtpm
 	Console io.Writer
+
+	// TPMState is the swtpm's state directory, such as a Device's
+	// TPMDir from Enterprise.Provision; empty means a fresh one in the
+	// laptop's directory. The state outlives the laptop: a laptop started
+	// again on it (PowerOn, or another Lab.Laptop) has the same TPM.
+	TPMState string
+	// RTC is where the guest's real-time clock starts, as QEMU's -rtc
+	// base= takes it ("1980-01-01T00:00:00", or "utc", the default).
+	RTC string
 }
 
 // Laptop is a QEMU guest on the lab LAN with its own swtpm.
 type Laptop struct {
-	Name    string
-	MAC     string // the network card's address, for Lab.Lease
+	Name string
+	MAC  string // the network card's address, for Lab.Lease
+	// Console is the serial console of the current power-on: PowerOn
+	// replaces it.
 	Console *Console
 	TPMDir  string // the swtpm's state
 
+	lab  *Lab
+	dir  string
+	args []string // QEMU's, but for the TPM's socket
+	opts LaptopOptions
 	qemu *Process
+	tpm  *Process
 }
 
 // Laptop starts a laptop on the LAN: a swtpm of its own as the TPM 2.0
 // (tpm-tis), a tap on the bridge, and QEMU booting opts.Kernel with
 // opts.Initrd, its serial console on Console. The lab stops it at Close.
 func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Laptop, error) {
-	qemu, err := lookSbin("qemu-system-x86_64")
-	if err != nil {
-		return nil, err
-	}
 	dir := filepath.Join(l.Dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
@@ -76,113 +89,170 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 	l.laptops++
 	n := l.laptops
 	l.mu.Unlock()
-	m := &Laptop{Name: name, MAC: fmt.Sprintf("52:54:00:99:%02x:%02x", n/256%256, n%256)}
+	m := &Laptop{Name: name, MAC: fmt.Sprintf("52:54:00:99:%02x:%02x", n/256%256, n%256),
+		lab: l, dir: dir, opts: opts}
 
-	args := []string{
+	m.args = []string{
 		"-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2",
 		"-m", strconv.Itoa(cmp.Or(opts.Memory, DefaultMemory)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-		"-serial", "stdio", "-no-reboot",
+		"-serial", "stdio", "-no-reboot", "-rtc", "base=" + cmp.Or(opts.RTC, "utc"),
 		"-kernel", opts.Kernel, "-initrd", opts.Initrd,
 		// panic=-1: a kernel panic ends QEMU (-no-reboot) at once, so
 		// Expect fails fast instead of at its deadline.
 		"-append", strings.TrimSpace("console=ttyS0 panic=-1 " + opts.Append),
 	}
 	if !opts.NoTPM {
-		sock, err := l.startSwtpm(ctx, name, dir)
-		if err != nil {
-			return nil, err
-		}
-		m.TPMDir = dir
-		args = append(args, "-chardev", "socket,id=chrtpm,path="+sock,
-			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")
+		m.TPMDir = cmp.Or(opts.TPMState, dir)
 	}
 	if nic := cmp.Or(opts.NIC, VirtioNet); nic != "none" {
 		tap, err := l.addTap(ctx)
 		if err != nil {
 			return nil, err
 		}
-		args = append(args, "-netdev", "tap,id=lan,ifname="+tap+",script=no,downscript=no",
+		m.args = append(m.args, "-netdev", "tap,id=lan,ifname="+tap+",script=no,downscript=no",
 			"-device", nic+",netdev=lan,mac="+m.MAC)
 	}
 	for i, disk := range opts.Disks {
 		id := fmt.Sprintf("disk%d", i)
-		args = append(args, "-drive", "file="+disk+",if=none,format=raw,id="+id)
+		m.args = append(m.args, "-drive", "file="+disk+",if=none,format=raw,id="+id)
 		switch cmp.Or(opts.DiskInterface, Virtio) {
 		case Virtio:
-			args = append(args, "-device", "virtio-blk-pci,drive="+id)
+			m.args = append(m.args, "-device", "virtio-blk-pci,drive="+id)
 		case NVMe:
-			args = append(args, "-device", fmt.Sprintf("nvme,drive=%s,serial=pbn%d", id, i))
+			m.args = append(m.args, "-device", fmt.Sprintf("nvme,drive=%s,serial=pbn%d", id, i))
 		default:
 			return nil, fmt.Errorf("lab: laptop %s: unknown disk interface %q", name, opts.DiskInterface)
 		}
+	}
+	if err := m.PowerOn(ctx); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// PowerOn starts the laptop again after PowerCut, or after it powered off:
+// the same disks, network card and TPM state, a new Console.
+func (m *Laptop) PowerOn(ctx context.Context) error {
+	if m.qemu != nil && !m.qemu.Exited() {
+		return fmt.Errorf("lab: laptop %s: powered on already", m.Name)
+	}
+	qemu, err := lookSbin("qemu-system-x86_64")
+	if err != nil {
+		return err
+	}
+	args := m.args
+	if m.TPMDir != "" {
+		sock, err := m.startSwtpm(ctx)
+		if err != nil {
+			return err
+		}
+		args = append(slices.Clip(args), "-chardev", "socket,id=chrtpm,path="+sock,
+			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")
 	}
 
 	cmd := exec.Command(qemu, args...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
+		return fmt.Errorf("lab: laptop %s: %w", m.Name, err)
 	}
 	// A pipe of our own, not StdoutPipe: Wait closes that one when QEMU
 	// exits, and the console would lose the guest's last lines.
 	stdout, w, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
+		return fmt.Errorf("lab: laptop %s: %w", m.Name, err)
 	}
 	cmd.Stdout = w
-	log, err := os.Create(filepath.Join(dir, "qemu.log"))
+	log, err := os.OpenFile(filepath.Join(m.dir, "qemu.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("lab: laptop %s: %w", name, err)
+		return fmt.Errorf("lab: laptop %s: %w", m.Name, err)
 	}
-	l.onClose(log.Close)
+	m.lab.onClose(log.Close)
 	cmd.Stderr = log
 	var copyTo io.Writer = log
-	if c := cmp.Or(opts.Console, l.console); c != nil {
+	if c := cmp.Or(m.opts.Console, m.lab.console); c != nil {
 		copyTo = io.MultiWriter(log, c)
 	}
-	m.Console = newConsole(stdin, copyTo)
-	m.qemu, err = l.Start("qemu "+name, cmd)
+	con := newConsole(stdin, copyTo)
+	p, err := m.lab.Start("qemu "+m.Name, cmd)
 	w.Close()
 	if err != nil {
 		stdout.Close()
-		return nil, err
+		return err
 	}
+	m.qemu, m.Console = p, con
 	go func() {
-		m.Console.read(stdout)
+		con.read(stdout)
 		stdout.Close()
 	}()
-	return m, nil
+	return nil
 }
 
-// startSwtpm starts a TPM 2.0 emulator for a laptop and returns the path of
-// its control socket, once it listens.
-func (l *Lab) startSwtpm(ctx context.Context, name, dir string) (string, error) {
-	swtpm, err := lookSbin("swtpm")
+// PowerCut ends the laptop as a power failure does: QEMU and its swtpm
+// are killed at once, with nothing written back and no TPM2_Shutdown. The
+// disks and the TPM's state stay as they were at that instant, for
+// PowerOn.
+func (m *Laptop) PowerCut() error {
+	var errs []error
+	for _, p := range []*Process{m.qemu, m.tpm} {
+		if p != nil {
+			errs = append(errs, p.stop())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// startSwtpm starts the laptop's TPM 2.0 emulator on its state for QEMU
+// and returns the path of its control socket, once it listens.
+func (m *Laptop) startSwtpm(ctx context.Context) (string, error) {
+	sock := filepath.Join(m.dir, "swtpm.sock")
+	p, err := m.lab.startSwtpm(ctx, m.Name, m.TPMDir, "--ctrl", sock)
 	if err != nil {
 		return "", err
 	}
-	sock := filepath.Join(dir, "swtpm.sock")
-	cmd := exec.Command(swtpm, "socket", "--tpm2", "--tpmstate", "dir="+dir,
-		"--ctrl", "type=unixio,path="+sock, "--log", "file="+filepath.Join(dir, "swtpm.log"))
-	p, err := l.start("swtpm "+name, cmd, false)
+	m.tpm = p
+	return sock, nil
+}
+
+// startSwtpm starts a TPM 2.0 emulator on the state in dir, outside the
+// lab's namespace, and waits until its socket sock exists: "--ctrl" for
+// QEMU's control channel, "--server" for raw TPM commands, already
+// started (TPM2_Startup), as pbn/tpm.Open takes them. It logs into dir.
+func (l *Lab) startSwtpm(ctx context.Context, name, dir, mode, sock string) (*Process, error) {
+	swtpm, err := lookSbin("swtpm")
 	if err != nil {
-		return "", err
+		return nil, err
+	}
+	args := []string{"socket", "--tpm2", "--tpmstate", "dir=" + dir,
+		mode, "type=unixio,path=" + sock, "--log", "file=" + filepath.Join(dir, "swtpm.log")}
+	if mode == "--server" {
+		args = append(args, "--flags", "not-need-init,startup-clear")
+	}
+	// A socket left by a swtpm that was killed is not this one's.
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("lab: swtpm for %s: %w", name, err)
+	}
+	p, err := l.start("swtpm "+name, exec.Command(swtpm, args...), false)
+	if err != nil {
+		return nil, err
 	}
 	deadline := time.Now().Add(DefaultSwtpmWait)
 	for !fileExists(sock) {
 		if p.Exited() {
-			return "", fmt.Errorf("lab: swtpm for %s exited: %v", name, p.err)
+			return nil, fmt.Errorf("lab: swtpm for %s exited: %v", name, p.err)
 		}
 		if time.Now().After(deadline) {
-			return "", fmt.Errorf("lab: swtpm for %s did not listen within %v", name, DefaultSwtpmWait)
+			p.stop()
+			return nil, fmt.Errorf("lab: swtpm for %s did not listen within %v", name, DefaultSwtpmWait)
 		}
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("lab: waiting for swtpm: %w", ctx.Err())
+			p.stop()
+			return nil, fmt.Errorf("lab: waiting for swtpm: %w", ctx.Err())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	return sock, nil
+	return p, nil
 }
 
 // Wait waits for the laptop to power off, or ctx to end. A guest that

@@ -35,6 +35,7 @@ const tinyInit = `#!/bin/busybox sh
 /bin/busybox mount -t sysfs sysfs /sys 2>/dev/null
 echo "` + TinyOSBanner + ` on $(/bin/busybox uname -r), root $(/bin/busybox awk '$2 == "/" {print $1}' /proc/mounts | /bin/busybox tail -n 1)"
 echo "tinyos: tpm $(/bin/busybox ls /sys/class/tpm 2>/dev/null)"
+echo "tinyos: clock $(/bin/busybox date -u +%Y-%m-%d)"
 if [ -r ` + TimingFile + ` ]; then
 	echo "` + TimingBegin + `"
 	/bin/busybox cat ` + TimingFile + `

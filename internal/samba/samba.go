@@ -47,6 +47,8 @@ import (
 	"time"
 
 	"github.com/go-ldap/ldap/v3"
+
+	"github.com/pbn-project/pbn/internal/netns"
 	"github.com/pbn-project/pbn/internal/testenv"
 )
 
@@ -370,7 +372,7 @@ func (d *DC) DialContext(ctx context.Context, network, address string) (net.Conn
 		var nd net.Dialer
 		return nd.DialContext(ctx, network, address)
 	}
-	return dialInNetns(ctx, d.netns, network, address)
+	return netns.Dial(ctx, d.netns, network, address)
 }
 
 // Close stops the DC, removes its address from lo and its directory.

@@ -277,3 +277,20 @@ func fileTime(t time.Time) int64 {
 func interval(d time.Duration) string {
 	return strconv.FormatInt(-int64(d/100), 10)
 }
+
+// AddMember adds members, given by DN, to the group named group, which
+// AddGroup made.
+func (d *DC) AddMember(group string, members ...string) error {
+	c, err := d.admin()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	m := ldap.NewModifyRequest("CN="+ldap.EscapeDN(group)+",CN=Users,"+d.BaseDN, nil)
+	m.Add("member", members)
+	if err := c.Modify(m); err != nil {
+		return fmt.Errorf("samba: add members to group %s: %w", group, err)
+	}
+	return nil
+}

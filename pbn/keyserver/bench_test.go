@@ -44,14 +44,21 @@ const (
 // before the timing, so the load generator does no exchange arithmetic of
 // its own, as a fleet's clients do theirs on their own CPUs (it still does
 // its half of every TLS handshake).
+//
+// A third load in the same run does the TLS handshake of an unlock and
+// nothing else, reported as tls-only-handshakes/s: the ceiling of any
+// unlock on a fresh mutually authenticated TLS connection with this
+// machine's CPUs, which no work on the unlock's own path can pass.
 func BenchmarkPBNUnlock(b *testing.B) {
-	pbn := pbnLoad(b)
+	pbn, handshakes := pbnLoad(b)
 	tangd := tangdLoad(b)
 	for range b.N {
 		pbn.Run(b, benchPerRound, pbn.clients)
+		handshakes.Run(b, benchPerRound, handshakes.clients)
 		tangd.Run(b, benchPerRound, tangd.clients)
 	}
 	pbn.Report(b, "", "unlocks/s")
+	handshakes.Report(b, "tls-only-", "handshakes/s")
 	tangd.Report(b, "baseline-", "unlocks/s")
 }
 
@@ -67,8 +74,9 @@ type load struct {
 // sends that request's bytes again on a fresh TLS connection each time,
 // with the TLS configuration Client makes (the pinned server key, the
 // device's certificate, P-256 ECDHE), so that the load generator spends
-// its CPU on its half of the handshake, not on net/http's client.
-func pbnLoad(b *testing.B) *load {
+// its CPU on its half of the handshake, not on net/http's client. The
+// second load does the same handshakes and sends nothing.
+func pbnLoad(b *testing.B) (unlocks, handshakes *load) {
 	ts := startServer(b, nil, nil)
 	d := ts.enroll(b, "laptop-1", "laptops")
 	e, err := ecdh.P256().GenerateKey(rand.Reader)
@@ -76,7 +84,7 @@ func pbnLoad(b *testing.B) *load {
 		b.Fatal(err)
 	}
 	x := e.PublicKey().Bytes()
-	c, err := newClient(ts.url, ts.PublicKey(), d.key, unlockCurves)
+	c, err := newClient(ts.url, ts.PublicKey(), d.key, unlockCurves, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -126,17 +134,25 @@ func pbnLoad(b *testing.B) *load {
 	if err := decodeV1(want, &ans); err != nil || !bytes.Equal(ans.Y, y) {
 		b.Fatalf("the server answered %.80q, not the checked point (%v)", want, err)
 	}
-	l := &load{}
+	handshake := func() error {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", host, cfg)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}
+	unlocks, handshakes = &load{}, &load{}
 	for range benchClients {
-		l.clients = append(l.clients, func() error {
+		unlocks.clients = append(unlocks.clients, func() error {
 			reply, err := unlock()
 			if err == nil && !bytes.Equal(reply, want) {
 				err = fmt.Errorf("the server answered %.80q, not the checked answer", reply)
 			}
 			return err
 		})
+		handshakes.clients = append(handshakes.clients, handshake)
 	}
-	return l
+	return unlocks, handshakes
 }
 
 // checkAnswer checks that y, the server's answer to the point e·G, is

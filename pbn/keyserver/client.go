@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -37,12 +38,23 @@ type Client struct {
 // The client proves itself with key: a device's signing key (on a device,
 // the TPM helper's (*tpm.TPM).DeviceKey) or an administrator's.
 func NewClient(serverURL string, pin []byte, key crypto.Signer) (*Client, error) {
-	return newClient(serverURL, pin, key, nil)
+	return newClient(serverURL, pin, key, nil, nil)
 }
 
-// newClient is NewClient with the TLS key exchanges to offer; nil offers
-// crypto/tls's defaults, post-quantum hybrids first.
-func newClient(serverURL string, pin []byte, key crypto.Signer, curves []tls.CurveID) (*Client, error) {
+// DialFunc makes a client's connections; net.Dialer's DialContext is one.
+type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// NewClientVia is NewClient with the client's connections made by dial:
+// for a server that this process's own network cannot reach, such as one
+// inside a network namespace of the QEMU lab.
+func NewClientVia(serverURL string, pin []byte, key crypto.Signer, dial DialFunc) (*Client, error) {
+	return newClient(serverURL, pin, key, nil, dial)
+}
+
+// newClient is NewClient with the TLS key exchanges to offer (nil offers
+// crypto/tls's defaults, post-quantum hybrids first) and the dialer (nil:
+// a net.Dialer).
+func newClient(serverURL string, pin []byte, key crypto.Signer, curves []tls.CurveID, dial DialFunc) (*Client, error) {
 	u, err := url.Parse(serverURL)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return nil, fmt.Errorf("keyserver: server URL %q: want https://host[:port]", serverURL)
@@ -77,6 +89,7 @@ func newClient(serverURL string, pin []byte, key crypto.Signer, curves []tls.Cur
 	}
 	tr := &http.Transport{
 		TLSClientConfig:     cfg,
+		DialContext:         dial,
 		TLSHandshakeTimeout: DefaultClientTimeout,
 		ForceAttemptHTTP2:   false,
 		MaxIdleConnsPerHost: 4,

@@ -27,6 +27,9 @@ type Transport struct {
 	// Key is the device's signing key: on a device, the TPM helper's
 	// (*tpm.TPM).DeviceKey.
 	Key crypto.Signer
+	// Dial makes the connections; nil means a net.Dialer. The lab's
+	// host-side enrolment reaches the server in the lab's namespace so.
+	Dial DialFunc
 
 	mu      sync.Mutex
 	clients map[string]*Client
@@ -53,7 +56,7 @@ func (t *Transport) client(srv keyfile.Server) (*Client, error) {
 	if c, ok := t.clients[id]; ok {
 		return c, nil
 	}
-	c, err := newClient(srv.URL, srv.PublicKey, t.Key, unlockCurves)
+	c, err := newClient(srv.URL, srv.PublicKey, t.Key, unlockCurves, t.Dial)
 	if err != nil {
 		return nil, err
 	}

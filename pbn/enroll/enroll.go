@@ -1,0 +1,123 @@
+// Package enroll sets a device up for the provisioning stage of PBN's
+// two-stage model, as imaging does before anyone knows who will use the
+// device: it enrolls the device with the key server and makes its
+// provisioning key file.
+//
+// The device is known to the server by its TPM: the endorsement key and the
+// storage root key are recorded (store.Device.EK and SRK), and the TPM's
+// device key (tpm.TPM.DeviceKey), whose private part never leaves the TPM,
+// is what the device proves itself with in PBN mode. The provisioning key
+// file holds a fresh FDE secret behind one protector, the network factor
+// in PBN mode (tang.Factor over keyserver.Transport): it opens only with the
+// key server's help, for this device, while the server lets it.
+//
+// Nothing is sealed to the TPM's PCRs here: the provisioning key file
+// depends on the TPM only through the device key, so enrolment may run in
+// another boot state (an imaging system, or the lab's host) than the boots
+// that use it.
+package enroll
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/keyserver"
+	"github.com/pbn-project/pbn/pbn/secret"
+	"github.com/pbn-project/pbn/pbn/securemoment"
+	"github.com/pbn-project/pbn/pbn/store"
+	"github.com/pbn-project/pbn/pbn/tang"
+	"github.com/pbn-project/pbn/pbn/tpm"
+)
+
+// LabelNetwork is the label of the provisioning key file's protector.
+const LabelNetwork = "network"
+
+// Device describes the device to enroll.
+type Device struct {
+	// ID identifies the device; zero means a new random one.
+	ID keyfile.ID
+	// Hostname and Group are recorded on the server; Group is the device
+	// group whose policy applies. Both are required.
+	Hostname, Group string
+	// Dial makes the device's connections to the key server when it makes
+	// the network protector; nil means a net.Dialer. The lab's host-side
+	// provisioning reaches a server inside the lab's namespace so.
+	Dial keyserver.DialFunc
+	// Log receives what Enroll does; nil discards it.
+	Log *slog.Logger
+}
+
+// Enroll enrolls the device whose TPM is t with the key server, through
+// admin (an administrator's client: POST /v1/enroll), and returns its
+// provisioning key file, open: keyfile.KindProvisioning, bound to the
+// server that enrolment names, with a new random FDE secret of
+// securemoment.FDESize bytes and the network protector LabelNetwork. The
+// caller stores it (keyfile.Replace) and adds a LUKS2 keyslot for its FDE
+// secret (Keyring().FDE), then closes it, which wipes the secret.
+//
+// The key file's ID is the binding the server records. Its errors are the
+// client's (keyserver's sentinels, such as ErrUnreachable and
+// ErrUnknownKey) and the TPM's, wrapped with what failed.
+func Enroll(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev Device) (*keyfile.KeyFile, error) {
+	if dev.Hostname == "" || dev.Group == "" {
+		return nil, errors.New("enroll: the device needs a hostname and a group")
+	}
+	log := dev.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if dev.ID.IsZero() {
+		dev.ID = keyfile.NewID()
+	}
+	d, key, err := identity(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	d.ID, d.Hostname, d.Group = dev.ID, dev.Hostname, dev.Group
+
+	binding := keyfile.NewID()
+	p, err := admin.Enroll(ctx, d, binding)
+	if err != nil {
+		return nil, fmt.Errorf("enroll: device %s: %w", dev.ID, err)
+	}
+	log.Info("device enrolled", "device", dev.ID.String(), "hostname", dev.Hostname,
+		"group", dev.Group, "binding", binding.String(), "server", p.Server.URL)
+
+	f, err := keyfile.New(keyfile.Header{ID: binding, Kind: keyfile.KindProvisioning, DeviceID: dev.ID,
+		Server: p.Server}, &keyfile.Keyring{FDE: secret.Random(securemoment.FDESize)})
+	if err != nil {
+		return nil, fmt.Errorf("enroll: provisioning key file: %w", err)
+	}
+	network := tang.Factor{Curve: keyserver.PBNCurve, Transport: &keyserver.Transport{Key: key, Dial: dev.Dial}}
+	if _, err := f.AddProtector(ctx, LabelNetwork, network); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("enroll: provisioning key file: network protector: %w", err)
+	}
+	return f, nil
+}
+
+// identity reads what the server knows the device by from its TPM: the
+// EK, the SRK and the device key.
+func identity(ctx context.Context, t *tpm.TPM) (store.Device, crypto.Signer, error) {
+	ek, err := t.EKPublic(ctx)
+	if err != nil {
+		return store.Device{}, nil, fmt.Errorf("enroll: %w", err)
+	}
+	srk, err := t.SRKPublic(ctx)
+	if err != nil {
+		return store.Device{}, nil, fmt.Errorf("enroll: %w", err)
+	}
+	key, err := t.DeviceKey(ctx)
+	if err != nil {
+		return store.Device{}, nil, fmt.Errorf("enroll: %w", err)
+	}
+	spki, err := keyserver.PublicKey(key)
+	if err != nil {
+		return store.Device{}, nil, fmt.Errorf("enroll: device key: %w", err)
+	}
+	return store.Device{EK: ek, SRK: srk, Key: spki}, key, nil
+}

@@ -1,0 +1,224 @@
+package enroll
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/pbn-project/pbn/internal/swtpm"
+	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/keyserver"
+	"github.com/pbn-project/pbn/pbn/secret"
+	"github.com/pbn-project/pbn/pbn/securemoment"
+	"github.com/pbn-project/pbn/pbn/store"
+	"github.com/pbn-project/pbn/pbn/tang"
+	"github.com/pbn-project/pbn/pbn/tpm"
+)
+
+// testTimeout bounds each test's work with the real components.
+const testTimeout = 2 * time.Minute
+
+// server starts a key server on loopback, with SQLite and fresh Tang keys
+// and no directory, and returns its administrator's client.
+func server(t *testing.T) *keyserver.Client {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "pbnd.db"), secret.Random(store.MasterKeySize), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	tangDir := t.TempDir()
+	if err := tang.GenerateKeys(tangDir); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := tang.LoadKeys(tangDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "https://" + ln.Addr().String()
+	srvKey, err := keyserver.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := keyserver.New(keyserver.Config{Store: st, Key: srvKey, URL: url, Exchange: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	adminKey, err := keyserver.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spki, _ := keyserver.PublicKey(adminKey)
+	if err := st.AddAdmin(ctx, "test-admin", spki); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := keyserver.NewClient(url, srv.PublicKey(), adminKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.CloseIdleConnections)
+	return admin
+}
+
+// openTPM starts a swtpm and opens it until the test ends.
+func openTPM(t *testing.T) *tpm.TPM {
+	t.Helper()
+	tp, err := tpm.Open(context.Background(), swtpm.Start(t).Path(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tp.Close() })
+	return tp
+}
+
+// TestEnroll enrolls a device and checks what the server recorded and
+// what the provisioning key file holds: it opens with the network factor
+// and the device's TPM key to the same FDE secret, and no longer once the
+// device is marked lost. It does not prove that the TPM's key cannot be
+// used by other software on the same machine: anyone with the TPM can make
+// it.
+func TestEnroll(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	admin := server(t)
+	tp := openTPM(t)
+
+	f, err := Enroll(ctx, tp, admin, Device{Hostname: "laptop-1", Group: "laptops"})
+	if err != nil {
+		t.Fatalf("Enroll = %v", err)
+	}
+	defer f.Close()
+	h := f.Header()
+	if h.Kind != keyfile.KindProvisioning || h.UPN != "" || h.Server.URL == "" || len(h.Server.PublicKey) == 0 {
+		t.Errorf("header = %+v, want a provisioning key file bound to the server", h)
+	}
+	fde := f.Keyring().FDE
+	if len(fde) != securemoment.FDESize || bytes.Equal(fde, make([]byte, len(fde))) {
+		t.Errorf("FDE secret of %d bytes, want %d random ones", len(fde), securemoment.FDESize)
+	}
+	ps := f.Protectors()
+	if len(ps) != 1 || ps[0].Label != LabelNetwork || !slices.Equal(ps[0].Factors, []keyfile.FactorType{keyfile.FactorNetwork}) {
+		t.Errorf("protectors = %+v, want one network protector", ps)
+	}
+
+	info, err := admin.Device(ctx, h.DeviceID)
+	if err != nil {
+		t.Fatalf("Device(%s) = %v", h.DeviceID, err)
+	}
+	if info.Hostname != "laptop-1" || info.Group != "laptops" || info.State != store.DeviceActive {
+		t.Errorf("Device = %+v, want laptop-1 in laptops, active", info)
+	}
+
+	b, err := f.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := tp.DeviceKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	network := tang.Factor{Curve: keyserver.PBNCurve, Transport: &keyserver.Transport{Key: key}}
+	if opened := reopen(t, ctx, b, network); !bytes.Equal(opened, fde) {
+		t.Error("Open(network) gave another FDE secret than the enrolled one")
+	}
+
+	if err := admin.SetDeviceState(ctx, h.DeviceID, store.DeviceLost, "test"); err != nil {
+		t.Fatal(err)
+	}
+	g, err := keyfile.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Open(ctx, network); !errors.Is(err, keyserver.ErrDeviceLost) {
+		t.Errorf("Open(network) of a lost device = %v, want %v", err, keyserver.ErrDeviceLost)
+	}
+}
+
+// reopen parses the key file b, opens it with factors and returns its FDE
+// secret.
+func reopen(t *testing.T, ctx context.Context, b []byte, factors ...keyfile.Factor) secret.Bytes {
+	t.Helper()
+	g, err := keyfile.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Close)
+	if err := g.Open(ctx, factors...); err != nil {
+		t.Fatalf("Open = %v", err)
+	}
+	return g.Keyring().FDE
+}
+
+// TestEnrollOtherTPM checks that another device's TPM cannot open the
+// provisioning key file: the server knows the device by its TPM's key.
+func TestEnrollOtherTPM(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	admin := server(t)
+	f, err := Enroll(ctx, openTPM(t), admin, Device{Hostname: "laptop-2", Group: "laptops"})
+	if err != nil {
+		t.Fatalf("Enroll = %v", err)
+	}
+	defer f.Close()
+	b, err := f.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := openTPM(t).DeviceKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := keyfile.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	network := tang.Factor{Curve: keyserver.PBNCurve, Transport: &keyserver.Transport{Key: other}}
+	if err := g.Open(ctx, network); !errors.Is(err, keyserver.ErrUnknownKey) {
+		t.Errorf("Open(network) with another TPM's key = %v, want %v", err, keyserver.ErrUnknownKey)
+	}
+}
+
+// TestEnrollRefused checks the errors of a device without a hostname and
+// of a client that is no administrator's.
+func TestEnrollRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	admin := server(t)
+	tp := openTPM(t)
+	if _, err := Enroll(ctx, tp, admin, Device{Group: "laptops"}); err == nil {
+		t.Error("Enroll without a hostname = nil, want an error")
+	}
+	f, err := Enroll(ctx, tp, admin, Device{Hostname: "laptop-3", Group: "laptops"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := f.Header().Server
+	f.Close()
+	stranger, err := keyserver.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := keyserver.NewClient(srv.URL, srv.PublicKey, stranger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	if _, err := Enroll(ctx, tp, c, Device{Hostname: "laptop-4", Group: "laptops"}); !errors.Is(err, keyserver.ErrUnknownKey) {
+		t.Errorf("Enroll by a stranger = %v, want %v", err, keyserver.ErrUnknownKey)
+	}
+}

@@ -82,7 +82,6 @@ func closeEnterprise() error {
 	return entFixture.lab.Close()
 }
 
-
 // TestProvisionedLaptop provisions a laptop from the host, checks that the
 // key server lists it enrolled, and boots it: the agent gets its address
 // from the lab's DHCP server and finds the provisioning key file. Then the

@@ -2,14 +2,23 @@ package qemu
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
+	"os"
 	"os/exec"
+	"path"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/ad"
+	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/keyserver"
+	"github.com/pbn-project/pbn/pbn/securemoment"
 	"github.com/pbn-project/pbn/pbn/store"
 )
 
@@ -20,6 +29,14 @@ const (
 	accountRE   = `Account: `
 	tinyOSRE    = TinyOSBanner + ` on \S+, root (\S+)\n`
 )
+
+// secureMomentTimeout bounds a scenario with a secure moment: under TCG
+// on a loaded machine its Argon2id derivations alone take tens of seconds.
+const secureMomentTimeout = 4 * bootTimeout
+
+// labPassword is the password of the lab's users; it meets the domain's
+// complexity rules.
+const labPassword = "Corr3ct-horse-9"
 
 // provisioned provisions a laptop named name in the shared enterprise,
 // which the caller has started (sharedEnterprise: its time is not the
@@ -148,18 +165,73 @@ func TestNoAutoboot(t *testing.T) {
 	}
 }
 
-// keyFileKinds returns the kinds of the key files on a laptop disk's ESP.
-func keyFileKinds(t *testing.T, ctx context.Context, img string) map[string]keyfile.Kind {
+// luksHeader returns the LUKS2 metadata of a laptop disk's volume, as
+// cryptsetup luksDump --dump-json-metadata prints it: the header is copied
+// off the disk image into a file of its own, which cryptsetup reads
+// without device-mapper.
+func luksHeader(t *testing.T, ctx context.Context, img string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := espStart + pbnFixture.spec.ESPMiB*mib
+	hdr := filepath.Join(t.TempDir(), "luks-header")
+	if err := os.WriteFile(hdr, b[start:start+luksOffset], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cryptsetup, err := lookSbin("cryptsetup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, cryptsetup, "luksDump", "--dump-json-metadata", hdr).Output()
+	if err != nil {
+		t.Fatalf("luksDump: %v", err)
+	}
+	return out
+}
+
+// volumeState is what a laptop's LUKS2 volume and ESP hold: the keyslots,
+// which key file each tagged one belongs to, and the key files by kind.
+type volumeState struct {
+	slots int
+	tags  map[int]keyfile.ID
+	files map[keyfile.Kind][]keyfile.ID
+}
+
+func readVolumeState(t *testing.T, ctx context.Context, img string) volumeState {
+	t.Helper()
+	meta := luksHeader(t, ctx, img)
+	var m struct {
+		Keyslots map[string]json.RawMessage `json:"keyslots"`
+	}
+	if err := json.Unmarshal(meta, &m); err != nil {
+		t.Fatal(err)
+	}
+	tags, err := disk.ParseTags(meta)
+	if err != nil {
+		t.Fatalf("ParseTags = %v", err)
+	}
+	st := volumeState{slots: len(m.Keyslots), tags: tags, files: map[keyfile.Kind][]keyfile.ID{}}
+	for _, f := range keyFiles(t, ctx, img) {
+		h := f.Header()
+		st.files[h.Kind] = append(st.files[h.Kind], h.ID)
+	}
+	return st
+}
+
+// keyFiles returns the key files on a laptop disk's ESP, parsed.
+func keyFiles(t *testing.T, ctx context.Context, img string) []*keyfile.KeyFile {
 	t.Helper()
 	out, err := exec.CommandContext(ctx, "mdir", "-b", "-i", fmt.Sprintf("%s@@%d", img, ESPOffset),
-		"::EFI/PBN/keys").Output()
+		"::"+disk.KeyDir).Output()
 	if err != nil {
 		t.Fatalf("mdir: %v", err)
 	}
-	kinds := map[string]keyfile.Kind{}
+	var files []*keyfile.KeyFile
 	for _, p := range strings.Fields(string(out)) {
-		name := p[strings.LastIndex(p, "/")+1:]
-		b, err := readESPFile(ctx, img, "EFI/PBN/keys/"+name)
+		name := path.Base(p)
+		b, err := readESPFile(ctx, img, disk.KeyDir+"/"+name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -168,7 +240,89 @@ func keyFileKinds(t *testing.T, ctx context.Context, img string) map[string]keyf
 			t.Errorf("%s on the ESP: %v", name, err)
 			continue
 		}
-		kinds[name] = f.Header().Kind
+		files = append(files, f)
 	}
-	return kinds
+	return files
+}
+
+// signIn presses Enter during the countdown and signs in as account.
+func signIn(t *testing.T, ctx context.Context, m *Laptop, account, password string) {
+	t.Helper()
+	expect(t, ctx, m, countdownRE)
+	m.Console.Type("\n")
+	typeCredentials(t, ctx, m, account, password)
+}
+
+// typeCredentials types an account and its password at the sign-in
+// prompt.
+func typeCredentials(t *testing.T, ctx context.Context, m *Laptop, account, password string) {
+	t.Helper()
+	expect(t, ctx, m, accountRE)
+	m.Console.Type(account + "\n")
+	expect(t, ctx, m, `Password for `+regexp.QuoteMeta(account)+`: `)
+	m.Console.Type(password + "\n")
+}
+
+// stepRE is the agent's line for a step of the secure moment that ended.
+func stepRE(s securemoment.Step) string {
+	return `pbn: secure moment: ` + regexp.QuoteMeta(s.String()) + `: (done|already done) \((\d+) ms\)\n`
+}
+
+// checkOwned checks a laptop disk after its user's secure moment: the ESP
+// holds the user's key file and no provisioning file, the volume has one
+// keyslot, the user's, tagged with her key file's ID, and the key server
+// recorded her as the device's primary user and revoked the binding.
+func checkOwned(t *testing.T, ctx context.Context, e *Enterprise, dev *Device, upn string) {
+	t.Helper()
+	st := readVolumeState(t, ctx, dev.Disk)
+	users := st.files[keyfile.KindUser]
+	if len(users) != 1 || len(st.files[keyfile.KindProvisioning]) != 0 {
+		t.Fatalf("key files on the ESP %v, want one user's and no provisioning one", st.files)
+	}
+	if st.slots != 1 || len(st.tags) != 1 || !slices.Contains(slices.Collect(maps.Values(st.tags)), users[0]) {
+		t.Errorf("LUKS2 volume: %d keyslots, tags %v; want one, tagged %s (the user's key file)",
+			st.slots, st.tags, users[0])
+	}
+	info, err := e.Admin.Device(ctx, dev.ID)
+	if err != nil {
+		t.Fatalf("Device = %v", err)
+	}
+	if len(info.Owners) != 1 || info.Owners[0].UPN != upn || !info.Owners[0].Primary {
+		t.Errorf("owners %+v, want %s, primary", info.Owners, upn)
+	}
+	revoked := false
+	for _, ev := range events(t, ctx, e, dev, "revoke") {
+		revoked = revoked || ev.Detail["binding"] == dev.Binding.String()
+	}
+	if !revoked {
+		t.Errorf("the key server recorded no revocation of binding %s", dev.Binding)
+	}
+}
+
+// TestSecureMoment is alice's first sign-in: she presses Enter during the
+// countdown and signs in; each step of the secure moment is said as it
+// ends, and the tiny OS boots from the volume her key file opened. It does
+// not prove that the TPM binds her key file to this boot chain (pbn/tpm's
+// tests do), only that the key file was made and opened in the guest.
+func TestSecureMoment(t *testing.T) {
+	e, _ := sharedEnterprise(t)
+	ctx, cancel := context.WithTimeout(context.Background(), secureMomentTimeout)
+	defer cancel()
+	upn, err := e.AddUser(ctx, "alice", labPassword, "pbn-staff")
+	if err != nil {
+		t.Fatalf("AddUser = %v", err)
+	}
+	dev, m := provisioned(t, ctx, "alice1", LaptopOptions{})
+
+	signIn(t, ctx, m, "alice", "wr0ng-Password")
+	expect(t, ctx, m, regexp.QuoteMeta(ad.WrongCredentials.Sentence()))
+	typeCredentials(t, ctx, m, "alice", labPassword)
+	for _, s := range securemoment.Steps {
+		expect(t, ctx, m, stepRE(s))
+	}
+	expect(t, ctx, m, `pbn: secure moment: this computer is now `+regexp.QuoteMeta(upn)+`'s\n`, tinyOSRE)
+	if err := m.Wait(ctx); err != nil {
+		t.Errorf("Wait = %v, want the tiny OS to power off", err)
+	}
+	checkOwned(t, ctx, e, dev, upn)
 }

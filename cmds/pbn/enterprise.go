@@ -33,25 +33,28 @@ const tpmPoll = 20 * time.Millisecond
 // errNoTPM says the TPM's device node did not appear in time.
 var errNoTPM = errors.New("no TPM device (/dev/tpmrm0 or /dev/tpm0)")
 
-// openTPM opens the TPM once, waiting up to pbn.devtimeout= for its driver
-// to bind. closeTPM closes it.
+// openTPM opens the TPM that seals and unseals key files, once, waiting
+// up to pbn.devtimeout= for its driver to bind. closeTPM closes it.
 func (a *agent) openTPM(ctx context.Context) (*tpm.TPM, error) {
-	if a.tpm != nil {
-		return a.tpm, nil
+	if a.tpm == nil {
+		t, err := a.connectTPM(ctx)
+		if err != nil {
+			return nil, err
+		}
+		a.tpm = t
 	}
+	return a.tpm, nil
+}
+
+// connectTPM opens a connection to the TPM.
+func (a *agent) connectTPM(ctx context.Context) (*tpm.TPM, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
 	defer cancel()
 	for {
 		for _, dev := range tpmDevices {
-			if _, err := os.Stat(dev); err != nil {
-				continue
+			if _, err := os.Stat(dev); err == nil {
+				return tpm.Open(ctx, dev, &tpm.Options{Logger: a.log})
 			}
-			t, err := tpm.Open(ctx, dev, &tpm.Options{Logger: a.log})
-			if err != nil {
-				return nil, err
-			}
-			a.tpm = t
-			return t, nil
 		}
 		select {
 		case <-ctx.Done():
@@ -61,23 +64,34 @@ func (a *agent) openTPM(ctx context.Context) (*tpm.TPM, error) {
 	}
 }
 
+// closeTPM closes the TPM's connections, which flushes the device key.
 func (a *agent) closeTPM() {
+	if a.keyTPM != nil && a.keyTPM != a.tpm {
+		a.keyTPM.Close()
+	}
 	if a.tpm != nil {
 		a.tpm.Close()
-		a.tpm, a.deviceKey = nil, nil
 	}
+	a.tpm, a.keyTPM, a.deviceKey = nil, nil, nil
 }
 
 // devKey returns the TPM's device key, by which the key server knows this
-// device; it stays loaded until closeTPM.
+// device; it stays loaded until closeTPM. It lives on a connection of its
+// own: the kernel's resource manager gives each connection three object
+// slots, and sealing needs them while the device key signs the key
+// server's handshakes. On /dev/tpm0, which takes one connection, it
+// shares the sealing one.
 func (a *agent) devKey(ctx context.Context) (crypto.Signer, error) {
 	if a.deviceKey != nil {
 		return a.deviceKey, nil
 	}
-	t, err := a.openTPM(ctx)
+	t, err := a.connectTPM(ctx)
 	if err != nil {
-		return nil, err
+		if t, err = a.openTPM(ctx); err != nil {
+			return nil, err
+		}
 	}
+	a.keyTPM = t
 	k, err := t.DeviceKey(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("device key: %w", err)

@@ -40,7 +40,7 @@ var entFixture struct {
 
 // sharedEnterprise returns the shared enterprise and its image, starting
 // them on the first call.
-func sharedEnterprise(t *testing.T) (*Enterprise, string) {
+func sharedEnterprise(t testing.TB) (*Enterprise, string) {
 	t.Helper()
 	_, base, _, _ := pbnDisk(t)
 	samba.Need(t)

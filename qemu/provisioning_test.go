@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path"
@@ -13,7 +14,9 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/ad"
@@ -475,4 +478,98 @@ func BenchmarkProvisioning(b *testing.B) {
 	b.ReportMetric(switchRoot/float64(n)-float64(DefaultCountdown.Milliseconds()), "autoboot-switch_root-less-countdown-ms")
 	b.ReportMetric(stored/float64(n), "securemoment-stored-ms")
 	b.ReportMetric(moment/float64(n), "securemoment-ms")
+}
+
+// Where the rogue DHCP server of TestRogueDHCP sends laptops: a router and
+// a name server that do not exist.
+var (
+	rogueFirst = netip.MustParseAddr("10.99.0.200")
+	rogueLast  = netip.MustParseAddr("10.99.0.250")
+	rogueDNS   = netip.MustParseAddr("10.99.0.66")
+)
+
+// startRogueDHCP pauses the lab's DHCP server and starts another on the
+// LAN, handing out its own addresses with rogueDNS as the router and name
+// server, until the test ends.
+func startRogueDHCP(t *testing.T, ctx context.Context, l *Lab) {
+	t.Helper()
+	var legit *Process
+	l.mu.Lock()
+	for _, p := range l.procs {
+		if p.Name == "dnsmasq" && !p.Exited() {
+			legit = p
+		}
+	}
+	l.mu.Unlock()
+	if legit == nil {
+		t.Fatal("the lab has no DHCP server")
+	}
+	if err := syscall.Kill(legit.Pid(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(legit.Pid(), syscall.SIGCONT) })
+
+	dnsmasq, err := lookSbin("dnsmasq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pid := filepath.Join(dir, "rogue.pid")
+	cmd := exec.Command(dnsmasq, "--keep-in-foreground", "--no-resolv", "--no-hosts",
+		"--conf-file=/dev/null", "--port=0", "--no-ping", "--interface=br0", "--bind-interfaces",
+		"--pid-file="+pid, "--dhcp-leasefile="+filepath.Join(dir, "rogue.leases"),
+		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,1h", rogueFirst, rogueLast),
+		"--dhcp-option=option:router,"+rogueDNS.String(), "--dhcp-option=option:dns-server,"+rogueDNS.String(),
+		"--dhcp-option=option:domain-name,rogue.test", "--dhcp-authoritative",
+		"--log-facility="+filepath.Join(dir, "rogue.log"))
+	p, err := l.Start("rogue dnsmasq", cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.stop() })
+	for range 200 { // bounded: 5 s
+		if fileExists(pid) {
+			return
+		}
+		if p.Exited() {
+			log, _ := os.ReadFile(filepath.Join(dir, "rogue.log"))
+			t.Fatalf("the rogue dnsmasq exited: %s", log)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatal("the rogue dnsmasq did not start")
+}
+
+// TestRogueDHCP boots a provisioned laptop on a LAN whose only DHCP server
+// is a rogue's, handing out another router and name server: the laptop
+// takes its address, and still asks the key server its key file names
+// (by address, with its key pinned), which helps it boot unattended. It
+// does not prove that a rogue key server at the pinned address would be
+// refused (pbn/keyserver's tests pin against another key).
+func TestRogueDHCP(t *testing.T) {
+	e, _ := sharedEnterprise(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)
+	defer cancel()
+	startRogueDHCP(t, ctx, e.Lab)
+	dev, m := provisioned(t, ctx, "rogue1", LaptopOptions{})
+
+	got := expect(t, ctx, m, networkRE, countdownRE, autobootRE, tinyOSRE)
+	if f := strings.Fields(got[0][1]); len(f) < 2 || !inRoguePool(strings.Split(f[1], "/")[0]) {
+		t.Errorf("network: %q, want an address of the rogue's pool", got[0][1])
+	}
+	if err := m.Wait(ctx); err != nil {
+		t.Errorf("Wait = %v, want the tiny OS to power off", err)
+	}
+	unlocks := events(t, ctx, e, dev, "unlock")
+	if len(unlocks) != 1 {
+		t.Fatalf("the key server recorded %d unlocks, want 1", len(unlocks))
+	}
+	if a, err := netip.ParseAddrPort(unlocks[0].Remote); err != nil || !inRoguePool(a.Addr().String()) {
+		t.Errorf("the unlock came from %s, want an address of the rogue's pool", unlocks[0].Remote)
+	}
+}
+
+func inRoguePool(s string) bool {
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Compare(rogueFirst) >= 0 && a.Compare(rogueLast) <= 0
 }

@@ -228,6 +228,10 @@ func (s *Stage) signIn(ctx context.Context) (*Result, error) {
 		if ctx.Err() != nil {
 			return nil, err
 		}
+		// TODO: an expired password, or one that must change
+		// (ad.NeedsNewPassword), should be changed at this prompt
+		// (ad.Client.ChangePassword) and the sign-in go on; until then
+		// the person is told to change it elsewhere.
 		if WrongPassword(err) {
 			if wrongs++; wrongs >= tries {
 				return nil, fmt.Errorf("%w: %w", ErrNoSignIn, console.ErrTooManyTries)
@@ -301,6 +305,11 @@ func WrongPassword(err error) bool {
 func Sentence(err error) string {
 	switch {
 	case errors.Is(err, keyserver.ErrNotAllowed):
+		// TODO: the key server refuses every unlock of a group whose
+		// policy turns autoboot off, the secure moment's too (its
+		// keyslot step opens the provisioning key file), so on such a
+		// device the sign-in fails at that step; the server should
+		// allow the unlock once the device has been claimed.
 		return "This computer may not start unattended. Sign in to start it."
 	case errors.Is(err, keyserver.ErrDeviceLost), errors.Is(err, keyserver.ErrDeviceRetired),
 		errors.Is(err, keyserver.ErrBindingRevoked):

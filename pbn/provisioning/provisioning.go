@@ -33,6 +33,7 @@
 package provisioning
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -197,7 +198,7 @@ func seconds(d time.Duration) int64 {
 
 // unlock opens the provisioning key file with the key server's help.
 func (s *Stage) unlock(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, cmpOr(s.UnlockTimeout, DefaultUnlockTimeout))
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(s.UnlockTimeout, DefaultUnlockTimeout))
 	defer cancel()
 	if err := s.Provisioning.Open(ctx, s.Network); err != nil {
 		return fmt.Errorf("open the provisioning key file: %w", err)
@@ -208,7 +209,7 @@ func (s *Stage) unlock(ctx context.Context) error {
 // signIn asks for an account and password until the secure moment
 // succeeds, or the limits are reached.
 func (s *Stage) signIn(ctx context.Context) (*Result, error) {
-	tries := cmpOr(s.Tries, DefaultTries)
+	tries := cmp.Or(s.Tries, DefaultTries)
 	wrongs := 0
 	for range MaxSignIns {
 		account, password, err := s.credentials()
@@ -282,14 +283,6 @@ func (s *Stage) logger() *slog.Logger {
 		return s.Logger
 	}
 	return slog.New(slog.DiscardHandler)
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // WrongPassword reports whether a secure moment failed because the

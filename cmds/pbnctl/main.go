@@ -50,6 +50,7 @@ var commands = []command{
 	{"audit", "the key server's audit trail: tail, export as JSON lines", runAudit},
 	{"policy", "device group policies: show, set", runPolicy},
 	{"image", "build the pre-boot image (initramfs)", runImage},
+	{"install", "set a system in use up for PBN: enrol it, its user's key file and keyslot, the image", runInstall},
 }
 
 // Exit codes shared by every command; each command documents its own above

@@ -20,6 +20,12 @@ import (
 // administrator's client.
 func keyServer(t *testing.T) (string, *store.Store, *keyserver.Client) {
 	t.Helper()
+	return keyServerWith(t, nil)
+}
+
+// keyServerWith is keyServer with directory checking claims.
+func keyServerWith(t *testing.T, directory keyserver.Directory) (string, *store.Store, *keyserver.Client) {
+	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	st, err := store.Open(ctx, filepath.Join(dir, "pbnd.db"), secret.Random(store.MasterKeySize), store.Options{})
@@ -32,7 +38,7 @@ func keyServer(t *testing.T) (string, *store.Store, *keyserver.Client) {
 	}
 	url := "https://" + ln.Addr().String()
 	tlsKey, _ := keyserver.NewKey()
-	srv, err := keyserver.New(keyserver.Config{Store: st, Key: tlsKey, URL: url})
+	srv, err := keyserver.New(keyserver.Config{Store: st, Key: tlsKey, URL: url, Directory: directory})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,10 @@
 // depends on the TPM only through the device key, so enrolment may run in
 // another boot state (an imaging system, or the lab's host) than the boots
 // that use it.
+//
+// A device that is in use already gets no provisioning key file: its user
+// is known, and EnrollDevice enrolls the device alone, for a key file made
+// for that user directly (pbnctl install).
 package enroll
 
 import (
@@ -63,8 +67,59 @@ type Device struct {
 // client's (keyserver's sentinels, such as ErrUnreachable and
 // ErrUnknownKey) and the TPM's, wrapped with what failed.
 func Enroll(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev Device) (*keyfile.KeyFile, error) {
+	e, binding, err := enroll(ctx, t, admin, &dev)
+	if err != nil {
+		return nil, err
+	}
+	f, err := keyfile.New(keyfile.Header{ID: binding, Kind: keyfile.KindProvisioning, DeviceID: e.DeviceID,
+		Server: e.Server}, &keyfile.Keyring{FDE: secret.Random(securemoment.FDESize)})
+	if err != nil {
+		return nil, fmt.Errorf("enroll: provisioning key file: %w", err)
+	}
+	network := tang.Factor{Curve: keyserver.PBNCurve, Transport: &keyserver.Transport{Key: e.Key, Dial: dev.Dial}}
+	if _, err := f.AddProtector(ctx, LabelNetwork, network); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("enroll: provisioning key file: network protector: %w", err)
+	}
+	return f, nil
+}
+
+// Enrollment is a device's enrolment without a provisioning key file.
+type Enrollment struct {
+	// DeviceID is the device's ID on the server and Server the server,
+	// as the user's key file records them (securemoment.Existing).
+	DeviceID keyfile.ID
+	Server   keyfile.Server
+	// Key is the TPM's device key, which the device's client of the key
+	// server proves itself with (keyserver.NewClient).
+	Key crypto.Signer
+}
+
+// EnrollDevice enrolls the device whose TPM is t with the key server
+// through admin, as Enroll does, but makes no provisioning key file: for
+// a device in use, whose user gets a key file directly
+// (securemoment.Existing, pbnctl install). The binding that enrolment
+// records is revoked at once, so that the device opens nothing with the
+// server's help. Its errors are Enroll's, and RevokeBinding's.
+func EnrollDevice(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev Device) (*Enrollment, error) {
+	e, binding, err := enroll(ctx, t, admin, &dev)
+	if err != nil {
+		return nil, err
+	}
+	// TODO: the server insists on a binding at enrolment (enrollV1); an
+	// enrolment without one would spare this revocation and its audit
+	// record.
+	if err := admin.RevokeBinding(ctx, binding); err != nil {
+		return nil, fmt.Errorf("enroll: device %s: revoke the unused binding %s: %w", e.DeviceID, binding, err)
+	}
+	return e, nil
+}
+
+// enroll enrolls the device with a new binding, which it returns, and
+// fills in dev's defaults.
+func enroll(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev *Device) (*Enrollment, keyfile.ID, error) {
 	if dev.Hostname == "" || dev.Group == "" {
-		return nil, errors.New("enroll: the device needs a hostname and a group")
+		return nil, keyfile.ID{}, errors.New("enroll: the device needs a hostname and a group")
 	}
 	log := dev.Log
 	if log == nil {
@@ -75,29 +130,18 @@ func Enroll(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev Device
 	}
 	d, key, err := identity(ctx, t)
 	if err != nil {
-		return nil, err
+		return nil, keyfile.ID{}, err
 	}
 	d.ID, d.Hostname, d.Group = dev.ID, dev.Hostname, dev.Group
 
 	binding := keyfile.NewID()
 	p, err := admin.Enroll(ctx, d, binding)
 	if err != nil {
-		return nil, fmt.Errorf("enroll: device %s: %w", dev.ID, err)
+		return nil, keyfile.ID{}, fmt.Errorf("enroll: device %s: %w", dev.ID, err)
 	}
 	log.Info("device enrolled", "device", dev.ID.String(), "hostname", dev.Hostname,
 		"group", dev.Group, "binding", binding.String(), "server", p.Server.URL)
-
-	f, err := keyfile.New(keyfile.Header{ID: binding, Kind: keyfile.KindProvisioning, DeviceID: dev.ID,
-		Server: p.Server}, &keyfile.Keyring{FDE: secret.Random(securemoment.FDESize)})
-	if err != nil {
-		return nil, fmt.Errorf("enroll: provisioning key file: %w", err)
-	}
-	network := tang.Factor{Curve: keyserver.PBNCurve, Transport: &keyserver.Transport{Key: key, Dial: dev.Dial}}
-	if _, err := f.AddProtector(ctx, LabelNetwork, network); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("enroll: provisioning key file: network protector: %w", err)
-	}
-	return f, nil
+	return &Enrollment{DeviceID: dev.ID, Server: p.Server, Key: key}, binding, nil
 }
 
 // identity reads what the server knows the device by from its TPM: the

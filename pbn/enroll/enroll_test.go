@@ -222,3 +222,52 @@ func TestEnrollRefused(t *testing.T) {
 		t.Errorf("Enroll by a stranger = %v, want %v", err, keyserver.ErrUnknownKey)
 	}
 }
+
+// TestEnrollDevice enrolls a device without a provisioning key file: the
+// server lists it, its device key is the TPM's, and the server knows the
+// device by that key (a claim is refused only for want of a directory,
+// not as a stranger's). It does not prove that the revoked binding opens
+// nothing: pbn/keyserver's tests prove that of revoked bindings.
+func TestEnrollDevice(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	admin := server(t)
+	tp := openTPM(t)
+
+	e, err := EnrollDevice(ctx, tp, admin, Device{Hostname: "in-use-1", Group: "laptops"})
+	if err != nil {
+		t.Fatalf("EnrollDevice = %v", err)
+	}
+	info, err := admin.Device(ctx, e.DeviceID)
+	if err != nil {
+		t.Fatalf("Device(%s) = %v", e.DeviceID, err)
+	}
+	if info.Hostname != "in-use-1" || info.Group != "laptops" || info.State != store.DeviceActive {
+		t.Errorf("Device = %+v, want in-use-1 in laptops, active", info)
+	}
+	key, err := tp.DeviceKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := keyserver.PublicKey(e.Key)
+	want, _ := keyserver.PublicKey(key)
+	if !bytes.Equal(got, want) {
+		t.Error("Enrollment.Key is not the TPM's device key")
+	}
+
+	c, err := keyserver.NewClient(e.Server.URL, e.Server.PublicKey, e.Key)
+	if err != nil {
+		t.Fatalf("NewClient(Enrollment.Server) = %v", err)
+	}
+	defer c.CloseIdleConnections()
+	_, err = c.Claim(ctx, keyserver.ClaimRequest{Account: "alice", Password: secret.Bytes("pw"),
+		KeyFile: keyfile.NewID(), RecoveryKey: secret.Bytes("1")})
+	if !errors.Is(err, keyserver.ErrUnavailable) {
+		t.Errorf("Claim by the enrolled device on a server without a directory = %v, want %v",
+			err, keyserver.ErrUnavailable)
+	}
+
+	if _, err := EnrollDevice(ctx, tp, admin, Device{Group: "laptops"}); err == nil {
+		t.Error("EnrollDevice without a hostname = nil, want an error")
+	}
+}

@@ -39,6 +39,16 @@
 // removed, so that a file that is still on the ESP is either still needed
 // or can no longer open anything, and its ID, which the revocation needs,
 // stays at hand until the revocation is done.
+//
+// # Devices in use
+//
+// A device that is in use already, with a LUKS2 volume that its
+// passphrase opens, has no provisioning key file: Device.Existing names
+// the key it starts from instead (pbnctl install sets that up). The same
+// steps then make the user's key file, and the existing key authorizes
+// the user's keyslot and keeps its own; the steps that retire a
+// provisioning key file find nothing to do. The passphrase goes on
+// opening the volume until an administrator removes it.
 package securemoment
 
 import (
@@ -119,6 +129,10 @@ type Device struct {
 	// Network is the provisioning key file's network factor
 	// (tang.Factor in PBN mode), which opens it with the server's help.
 	Network keyfile.Factor
+	// Existing, when set, is where a device without a provisioning key
+	// file starts: a key that opens the volume already. Network is then
+	// not used.
+	Existing *Existing
 	// Argon2 are the parameters of the user's password factor; zero
 	// calibrates them on this device to keyfile.DefaultArgon2Target.
 	Argon2 keyfile.Argon2Params
@@ -131,6 +145,19 @@ type Device struct {
 	// afterStep, when set, runs after each step; an error stops Run
 	// there. Tests cut the power with it.
 	afterStep func(Step) error
+}
+
+// Existing is a device's start without a provisioning key file: a device
+// in use, enrolled with the key server (enroll.EnrollDevice) but holding
+// no key file yet.
+type Existing struct {
+	// Key opens the volume already, such as its passphrase; it
+	// authorizes the user's keyslot, and its own keyslot stays.
+	Key secret.Bytes
+	// DeviceID and Server are the device's enrolment, which the user's key
+	// file records in its header.
+	DeviceID keyfile.ID
+	Server   keyfile.Server
 }
 
 // Result is what a finished secure moment leaves.
@@ -149,8 +176,8 @@ type Result struct {
 }
 
 // ErrNotProvisioned means the device has neither a provisioning key file
-// nor a whole key file of the user: there is nothing the secure moment
-// can start from.
+// nor a whole key file of the user, nor Device.Existing: there is nothing
+// the secure moment can start from.
 var ErrNotProvisioned = errors.New("no provisioning key file on the device")
 
 // run is the state of one Run.
@@ -285,6 +312,9 @@ func (r *run) survey(ctx context.Context) error {
 		if r.prov != nil {
 			return fmt.Errorf("two provisioning key files: %s and %s", r.provPath, p)
 		}
+		if r.d.Existing != nil {
+			return fmt.Errorf("a provisioning key file, %s, on a device that starts from an existing key", p)
+		}
 		r.prov, r.provPath = f, p
 	}
 	r.res.Path = filepath.Join(r.d.KeyDir, r.res.Identity.SID+keyfile.Ext)
@@ -298,7 +328,7 @@ func (r *run) openUser(ctx context.Context) error {
 	f, err := keyfile.Load(r.d.ESP, r.res.Path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, keyfile.ErrDamaged), errors.Is(err, keyfile.ErrFormat):
-		if r.prov == nil {
+		if r.prov == nil && r.d.Existing == nil {
 			return ErrNotProvisioned
 		}
 		return nil
@@ -326,8 +356,12 @@ func (r *run) claim(ctx context.Context) (bool, error) {
 	r.newID, r.recovery = keyfile.NewID(), keyfile.NewRecoveryKey()
 	digits := r.recovery.Digits()
 	defer digits.Wipe()
-	c, err := r.d.Server.Claim(ctx, keyserver.ClaimRequest{Binding: r.prov.Header().ID,
-		Account: r.account, Password: r.password, KeyFile: r.newID, RecoveryKey: digits})
+	var binding keyfile.ID // zero: no provisioning key file to retire
+	if r.prov != nil {
+		binding = r.prov.Header().ID
+	}
+	c, err := r.d.Server.Claim(ctx, keyserver.ClaimRequest{Binding: binding, Account: r.account,
+		Password: r.password, KeyFile: r.newID, RecoveryKey: digits})
 	if err != nil {
 		return false, err
 	}
@@ -339,13 +373,14 @@ func (r *run) claim(ctx context.Context) (bool, error) {
 }
 
 func (r *run) makeKeyFile(ctx context.Context) (bool, error) {
-	c, ph := r.claimed, r.prov.Header()
+	c := r.claimed
+	deviceID, server := r.enrolment()
 	ring := &keyfile.Keyring{FDE: secret.Random(FDESize), Enterprise: c.Enterprise.Clone()}
 	for _, g := range c.Groups {
 		ring.Groups = append(ring.Groups, keyfile.GroupKey{SID: g.SID, Name: g.Name, Key: g.Key.Clone()})
 	}
-	f, err := keyfile.New(keyfile.Header{ID: r.newID, Kind: keyfile.KindUser, DeviceID: ph.DeviceID,
-		UPN: c.UPN, SID: c.SID, Server: ph.Server, OfflineLimit: c.Policy.OfflineLimit}, ring)
+	f, err := keyfile.New(keyfile.Header{ID: r.newID, Kind: keyfile.KindUser, DeviceID: deviceID,
+		UPN: c.UPN, SID: c.SID, Server: server, OfflineLimit: c.Policy.OfflineLimit}, ring)
 	if err != nil {
 		ring.Wipe()
 		return false, err
@@ -390,7 +425,7 @@ func (r *run) keyslot(ctx context.Context) (bool, error) {
 	slot, err := r.d.Volume.Find(ctx, fde)
 	if errors.Is(err, disk.ErrWrongKey) {
 		var existing secret.Bytes
-		if existing, err = r.provisioningFDE(ctx); err != nil {
+		if existing, err = r.authorizing(ctx); err != nil {
 			return false, err
 		}
 		slot, err = r.d.Volume.Add(ctx, existing, fde)
@@ -459,6 +494,25 @@ func (r *run) removeProvisioning(context.Context) (bool, error) {
 	r.prov.Close()
 	r.prov = nil
 	return true, nil
+}
+
+// enrolment returns the device's ID and key server, as the provisioning
+// key file or Existing records them.
+func (r *run) enrolment() (keyfile.ID, keyfile.Server) {
+	if r.prov == nil {
+		return r.d.Existing.DeviceID, r.d.Existing.Server
+	}
+	h := r.prov.Header()
+	return h.DeviceID, h.Server
+}
+
+// authorizing returns the key that authorizes the user's keyslot: the
+// existing key, or the provisioning key file's FDE secret.
+func (r *run) authorizing(ctx context.Context) (secret.Bytes, error) {
+	if r.d.Existing != nil {
+		return r.d.Existing.Key, nil
+	}
+	return r.provisioningFDE(ctx)
 }
 
 // provisioningFDE opens the provisioning key file with the key server's

@@ -47,12 +47,16 @@ func deviceKeyTemplate() tpm2.TPMTPublic {
 	}
 }
 
-// A deviceKey is the device key, loaded in the TPM.
+// A deviceKey is the device key, kept out of the TPM between signatures
+// as a saved context (Part 3, 28.2 TPM2_ContextSave): a loaded key would
+// take one of the few transient object slots that swtpm and a TPM without
+// a resource manager (/dev/tpm0) have, and the unseal of a key file needs
+// all of them. The saved context is valid until the TPM resets.
 type deviceKey struct {
-	t      *TPM
-	handle tpm2.TPMHandle
-	name   tpm2.TPM2BName
-	pub    *ecdsa.PublicKey
+	t     *TPM
+	saved tpm2.TPMSContext
+	name  tpm2.TPM2BName
+	pub   *ecdsa.PublicKey
 }
 
 // DeviceKey returns the device's signing key: an ECC NIST P-256 key that the
@@ -61,7 +65,8 @@ type deviceKey struct {
 // the TPM's NV memory. Its private part never leaves the TPM; it changes only
 // when the TPM is cleared. The key signs with ECDSA (the digest of SHA-256
 // or SHA-384, ASN.1 DER signatures as crypto/ecdsa makes them) until t is
-// closed; the key server authenticates the device by it.
+// closed; the key server authenticates the device by it. The key is loaded
+// only while it signs.
 func (t *TPM) DeviceKey(ctx context.Context) (crypto.Signer, error) {
 	if t.device != nil {
 		return t.device, nil
@@ -75,10 +80,14 @@ func (t *TPM) DeviceKey(ctx context.Context) (crypto.Signer, error) {
 		return nil, fmt.Errorf("tpm: make the device key: %w", err)
 	}
 	pub, err := devicePublic(rsp.OutPublic)
-	if err != nil {
-		return nil, errors.Join(fmt.Errorf("tpm: make the device key: %w", err), flush(tr, rsp.ObjectHandle))
+	var saved *tpm2.ContextSaveResponse
+	if err == nil {
+		saved, err = tpm2.ContextSave{SaveHandle: rsp.ObjectHandle}.Execute(tr)
 	}
-	t.device = &deviceKey{t: t, handle: rsp.ObjectHandle, name: rsp.Name, pub: pub}
+	if err := errors.Join(err, flush(tr, rsp.ObjectHandle)); err != nil {
+		return nil, fmt.Errorf("tpm: make the device key: %w", err)
+	}
+	t.device = &deviceKey{t: t, saved: saved.Context, name: rsp.Name, pub: pub}
 	return t.device, nil
 }
 
@@ -119,17 +128,24 @@ func (k *deviceKey) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	if len(digest) != opts.HashFunc().Size() {
 		return nil, fmt.Errorf("tpm: device key: a %d-byte digest for %v", len(digest), opts.HashFunc())
 	}
-	// crypto.Signer has no context; TPM2_Sign is one short command, bounded
-	// on sockets by the command timeout.
+	// crypto.Signer has no context; the three commands are short, each
+	// bounded on sockets by the command timeout.
+	tr := k.t.with(context.Background())
+	loaded, err := tpm2.ContextLoad{Context: k.saved}.Execute(tr)
+	if err != nil {
+		return nil, fmt.Errorf("tpm: device key: load: %w", err)
+	}
+	h := loaded.LoadedHandle
 	rsp, err := tpm2.Sign{
-		KeyHandle: tpm2.NamedHandle{Handle: k.handle, Name: k.name},
+		KeyHandle: tpm2.NamedHandle{Handle: h, Name: k.name},
 		Digest:    tpm2.TPM2BDigest{Buffer: digest},
 		InScheme: tpm2.TPMTSigScheme{
 			Scheme:  tpm2.TPMAlgECDSA,
 			Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: alg}),
 		},
 		Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
-	}.Execute(k.t.with(context.Background()))
+	}.Execute(tr)
+	err = errors.Join(err, flush(tr, h))
 	if err != nil {
 		return nil, fmt.Errorf("tpm: device key: sign: %w", err)
 	}

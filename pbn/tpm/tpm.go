@@ -95,7 +95,7 @@ type TPM struct {
 	// The SRKs found so far: the persistent one at srkHandle and the one
 	// made with CreatePrimary (flushed by Close).
 	persistent, primary *srk
-	// device is the device key, once made (flushed by Close).
+	// device is the device key, once made (a saved context, not loaded).
 	device *deviceKey
 }
 
@@ -184,9 +184,6 @@ func (t *TPM) transients() []tpm2.TPMHandle {
 	var hs []tpm2.TPMHandle
 	if t.primary != nil {
 		hs = append(hs, t.primary.handle)
-	}
-	if t.device != nil {
-		hs = append(hs, t.device.handle)
 	}
 	return hs
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -322,6 +323,34 @@ func TestDeviceKey(t *testing.T) {
 	}
 	if other := devicePub(t, openSim(t, swtpm.Start(t))); other.Equal(first) {
 		t.Errorf("another TPM made the same device key")
+	}
+}
+
+// TestDeviceKeyBesideUnseal signs with the device key between a seal and
+// its unseal on swtpm's raw socket, which has no resource manager: the
+// device key must hold no transient object slot while it is not signing,
+// since the unseal needs them all (the secure moment talks to the key
+// server with the device key while it seals the user's key file).
+func TestDeviceKeyBesideUnseal(t *testing.T) {
+	tp := openSim(t, swtpm.Start(t))
+	k, err := tp.DeviceKey(testContext(t))
+	if err != nil {
+		t.Fatalf("DeviceKey = %v", err)
+	}
+	digest := sha256.Sum256([]byte("a challenge from the key server"))
+	s, auth, data := seal(t, tp, DefaultPCRs)
+	if _, err := k.Sign(nil, digest[:], crypto.SHA256); err != nil {
+		t.Fatalf("Sign after Seal = %v", err)
+	}
+	got, err := tp.Unseal(testContext(t), s, auth)
+	if err != nil {
+		t.Fatalf("Unseal after Sign = %v", err)
+	}
+	if !got.Equal(data) {
+		t.Error("Unseal returned another secret than Seal sealed")
+	}
+	if _, err := k.Sign(nil, digest[:], crypto.SHA256); err != nil {
+		t.Fatalf("Sign after Unseal = %v", err)
 	}
 }
 

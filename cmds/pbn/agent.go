@@ -63,8 +63,7 @@ type agent struct {
 	// What the stages open on first use (enterprise.go), until the unlock
 	// step ends.
 	config    *config.Config
-	tpm       *tpm.TPM // seals and unseals
-	keyTPM    *tpm.TPM // holds deviceKey
+	tpm       *tpm.TPM
 	deviceKey crypto.Signer
 	// entered is when the person entered the credentials of the secure
 	// moment, in time since the agent started.

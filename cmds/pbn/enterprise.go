@@ -22,8 +22,7 @@ import (
 // key server that a key file names.
 
 // tpmDevices are the TPM's device nodes, the kernel's resource manager
-// first: it swaps objects out of the TPM's few slots, so the device key
-// and a sealed object can be loaded together.
+// first.
 var tpmDevices = []string{"/dev/tpmrm0", "/dev/tpm0"}
 
 // tpmPoll is how often the TPM's device node is looked for while its
@@ -33,8 +32,8 @@ const tpmPoll = 20 * time.Millisecond
 // errNoTPM says the TPM's device node did not appear in time.
 var errNoTPM = errors.New("no TPM device (/dev/tpmrm0 or /dev/tpm0)")
 
-// openTPM opens the TPM that seals and unseals key files, once, waiting
-// up to pbn.devtimeout= for its driver to bind. closeTPM closes it.
+// openTPM opens the TPM once, waiting up to pbn.devtimeout= for its
+// driver to bind. closeTPM closes it.
 func (a *agent) openTPM(ctx context.Context) (*tpm.TPM, error) {
 	if a.tpm == nil {
 		t, err := a.connectTPM(ctx)
@@ -46,7 +45,7 @@ func (a *agent) openTPM(ctx context.Context) (*tpm.TPM, error) {
 	return a.tpm, nil
 }
 
-// connectTPM opens a connection to the TPM.
+// connectTPM opens the first TPM device node that appears.
 func (a *agent) connectTPM(ctx context.Context) (*tpm.TPM, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
 	defer cancel()
@@ -64,34 +63,24 @@ func (a *agent) connectTPM(ctx context.Context) (*tpm.TPM, error) {
 	}
 }
 
-// closeTPM closes the TPM's connections, which flushes the device key.
+// closeTPM closes the TPM, which flushes the device key.
 func (a *agent) closeTPM() {
-	if a.keyTPM != nil && a.keyTPM != a.tpm {
-		a.keyTPM.Close()
-	}
 	if a.tpm != nil {
 		a.tpm.Close()
+		a.tpm, a.deviceKey = nil, nil
 	}
-	a.tpm, a.keyTPM, a.deviceKey = nil, nil, nil
 }
 
 // devKey returns the TPM's device key, by which the key server knows this
-// device; it stays loaded until closeTPM. It lives on a connection of its
-// own: the kernel's resource manager gives each connection three object
-// slots, and sealing needs them while the device key signs the key
-// server's handshakes. On /dev/tpm0, which takes one connection, it
-// shares the sealing one.
+// device, until closeTPM.
 func (a *agent) devKey(ctx context.Context) (crypto.Signer, error) {
 	if a.deviceKey != nil {
 		return a.deviceKey, nil
 	}
-	t, err := a.connectTPM(ctx)
+	t, err := a.openTPM(ctx)
 	if err != nil {
-		if t, err = a.openTPM(ctx); err != nil {
-			return nil, err
-		}
+		return nil, err
 	}
-	a.keyTPM = t
 	k, err := t.DeviceKey(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("device key: %w", err)

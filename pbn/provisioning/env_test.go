@@ -103,12 +103,10 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.tpm.Close() })
-	// A software key stands in for the TPM's device key: on swtpm's raw
-	// socket, without the kernel's resource manager, the device key would
-	// hold one of the TPM's three object slots for the whole test and the
-	// secure moment's sealing needs them all. The lab's laptops use the
-	// TPM's (through /dev/tpmrm0).
-	key := newKey(t)
+	key, err := e.tpm.DeviceKey(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if e.server, err = keyserver.NewClient(url, pin, key); err != nil {
 		t.Fatal(err)
 	}

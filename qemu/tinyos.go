@@ -15,13 +15,21 @@ import (
 // The tiny OS is what the lab's laptops boot into after PBN: Debian's
 // static busybox and an init that prints TinyOSBanner, shows the timing
 // file the agent passed through switch_root between TimingBegin and
-// TimingEnd (or NoTiming), and powers off.
+// TimingEnd (or NoTiming), the session file of the handover between
+// SessionBegin and SessionEnd (or NoSession) and the kernel's keys that
+// root can see (/proc/keys) between KeysBegin and KeysEnd, and powers off.
 const (
 	TinyOSBanner = "tinyos: up"
 	TimingBegin  = "tinyos: timing file:"
 	TimingEnd    = "tinyos: end of timing file"
 	NoTiming     = "tinyos: no timing file"
 	TimingFile   = "/run/pbn/timing"
+	SessionBegin = "tinyos: session file:"
+	SessionEnd   = "tinyos: end of session file"
+	NoSession    = "tinyos: no session file"
+	SessionFile  = "/run/pbn/session"
+	KeysBegin    = "tinyos: keys:"
+	KeysEnd      = "tinyos: end of keys"
 	tinyOSInit   = "sbin/init"
 )
 
@@ -43,6 +51,16 @@ if [ -r ` + TimingFile + ` ]; then
 else
 	echo "` + NoTiming + `"
 fi
+if [ -r ` + SessionFile + ` ]; then
+	echo "` + SessionBegin + `"
+	/bin/busybox cat ` + SessionFile + `
+	echo "` + SessionEnd + `"
+else
+	echo "` + NoSession + `"
+fi
+echo "` + KeysBegin + `"
+/bin/busybox cat /proc/keys
+echo "` + KeysEnd + `"
 echo "tinyos: powering off"
 /bin/busybox poweroff -f
 `

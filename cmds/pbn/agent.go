@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-tpm/tpm2/transport"
 	"golang.org/x/sys/unix"
 
 	"github.com/pbn-project/pbn/keyfile"
@@ -57,6 +58,7 @@ type agent struct {
 	espDev   *disk.Device // the ESP, mounted at espMount until the unlock step ends
 	files    []*keyfile.KeyFile
 	opened   *keyfile.KeyFile
+	session  handoff.Session // what the handover tells the OS; the unlock step says how it opened
 	rootDev  *disk.Device
 	initPath string
 
@@ -64,6 +66,7 @@ type agent struct {
 	// step ends.
 	config    *config.Config
 	tpm       *tpm.TPM
+	tpmTr     transport.TPMCloser // tpm's
 	deviceKey crypto.Signer
 	// entered is when the person entered the credentials of the secure
 	// moment, in time since the agent started.
@@ -379,7 +382,7 @@ var stages = []struct {
 	run   func(*agent, context.Context) (*keyfile.KeyFile, error)
 }{
 	{"provisioning", []keyfile.Kind{keyfile.KindProvisioning}, (*agent).provisioning},
-	{"deployed", []keyfile.Kind{keyfile.KindUser, keyfile.KindAdministrator}, (*agent).deployed},
+	{"deployed", []keyfile.Kind{keyfile.KindUser, keyfile.KindAdministrator}, (*agent).openKeyFile},
 }
 
 // errNoStage says no key file on the ESP is of a kind that a stage opens.
@@ -473,6 +476,7 @@ func (a *agent) openDisk(ctx context.Context) error {
 		return err
 	}
 	a.say("disk: %s opened as %s", dev.Path, disk.Mapper(v.Name))
+	a.handover()
 	if a.cmdline.Root.Kind == "" || a.cmdline.Root == (cmdline.Device{Kind: cmdline.DeviceUUID, Value: v.UUID}) {
 		a.cmdline.Root = cmdline.Device{Kind: cmdline.DevicePath, Value: disk.Mapper(v.Name)}
 	}

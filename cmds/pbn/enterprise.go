@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
+
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/ad"
 	"github.com/pbn-project/pbn/pbn/config"
@@ -45,15 +47,22 @@ func (a *agent) openTPM(ctx context.Context) (*tpm.TPM, error) {
 	return a.tpm, nil
 }
 
-// connectTPM opens the first TPM device node that appears.
+// connectTPM opens the first TPM device node that appears, and keeps its
+// transport in tpmTr for what reads the TPM directly (its clock).
 func (a *agent) connectTPM(ctx context.Context) (*tpm.TPM, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
 	defer cancel()
 	for {
 		for _, dev := range tpmDevices {
-			if _, err := os.Stat(dev); err == nil {
-				return tpm.Open(ctx, dev, &tpm.Options{Logger: a.log})
+			if _, err := os.Stat(dev); err != nil {
+				continue
 			}
+			tr, err := linuxtpm.Open(dev)
+			if err != nil {
+				return nil, fmt.Errorf("tpm: %w", err)
+			}
+			a.tpmTr = tr
+			return tpm.New(tr, &tpm.Options{Logger: a.log}), nil
 		}
 		select {
 		case <-ctx.Done():
@@ -67,7 +76,8 @@ func (a *agent) connectTPM(ctx context.Context) (*tpm.TPM, error) {
 func (a *agent) closeTPM() {
 	if a.tpm != nil {
 		a.tpm.Close()
-		a.tpm, a.deviceKey = nil, nil
+		a.tpmTr.Close()
+		a.tpm, a.tpmTr, a.deviceKey = nil, nil, nil
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/disk"
+	"github.com/pbn-project/pbn/pbn/handoff"
 	"github.com/pbn-project/pbn/pbn/provisioning"
 	"github.com/pbn-project/pbn/pbn/securemoment"
 )
@@ -41,8 +42,10 @@ func (a *agent) provisioning(ctx context.Context) (*keyfile.KeyFile, error) {
 	}
 	switch res.Mode {
 	case provisioning.Autoboot:
+		a.session = handoff.Session{Stage: handoff.StageProvisioning, Online: true}
 		a.say("unlock: unattended boot")
 	case provisioning.SignedIn:
+		a.session = handoff.Session{Stage: handoff.StageSecureMoment, Online: true}
 		a.stamp("securemoment", a.entered)
 		a.say("secure moment: this computer is now %s's", describe(res.KeyFile))
 	}

@@ -1,7 +1,10 @@
 // Package handoff does what an init does around the agent's work: the
 // early mounts of /proc, /sys, /dev and /run, and the switch to the real
 // root (switch_root), which moves those mounts into it, empties the
-// initramfs and executes the real init.
+// initramfs and executes the real init. It also hands the OS what the
+// agent leaves it: who signed in (WriteSession, in a file under /run) and
+// the user's group keys and enterprise key (PutKeys, in the kernel
+// keyring, never on a disk), so that the user signs in once.
 package handoff
 
 import (
@@ -33,8 +36,13 @@ var early = []mount{
 // (its timing file).
 var moved = []string{"/dev", "/proc", "/sys", "/run"}
 
-// MountEarly mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs). One
-// already mounted (by the kernel, for devtmpfs) is left as it is.
+// devLinks are the links that udev makes in /dev and devtmpfs does not:
+// programs the agent runs pass secrets to cryptsetup as /dev/fd/N.
+var devLinks = map[string]string{"/dev/fd": "/proc/self/fd"}
+
+// MountEarly mounts /proc, /sys, /dev (devtmpfs) and /run (tmpfs), and
+// makes /dev/fd. One already mounted (by the kernel, for devtmpfs) is left
+// as it is.
 func MountEarly() error {
 	for _, m := range early {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
@@ -43,6 +51,11 @@ func MountEarly() error {
 		err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data)
 		if err != nil && !errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	for link, target := range devLinks {
+		if err := os.Symlink(target, link); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("link %s: %w", link, err)
 		}
 	}
 	return nil

@@ -24,6 +24,9 @@ var (
 	// ErrLoginRefused: the directory refused the account or password
 	// (Claim).
 	ErrLoginRefused = errors.New("the directory refused the sign-in")
+	// ErrUserRemoved: the account is no longer a user of the device
+	// (SignIn).
+	ErrUserRemoved = errors.New("the account is no longer a user of this device")
 	// ErrNotAllowed: the policy does not let this account claim the device
 	// (Claim).
 	ErrNotAllowed = errors.New("the policy does not allow this account on this device")
@@ -60,6 +63,7 @@ var (
 	codeBindingRevoked = code{"binding-revoked", http.StatusForbidden, ErrBindingRevoked}
 	codeLoginRefused   = code{"login-refused", http.StatusForbidden, ErrLoginRefused}
 	codeNotAllowed     = code{"not-allowed", http.StatusForbidden, ErrNotAllowed}
+	codeUserRemoved    = code{"user-removed", http.StatusForbidden, ErrUserRemoved}
 	codeTooManyUsers   = code{"too-many-users", http.StatusForbidden, ErrTooManyUsers}
 	codeNotFound       = code{"not-found", http.StatusNotFound, ErrNotFound}
 	// codeUnknownExchangeKey is tang's ErrUnknownKey: the key was retired.
@@ -70,7 +74,7 @@ var (
 
 var codes = []code{
 	codeBadRequest, codeTooLarge, codeUnknownKey, codeDeviceLost, codeDeviceRetired,
-	codeBindingRevoked, codeLoginRefused, codeNotAllowed, codeTooManyUsers, codeNotFound,
+	codeBindingRevoked, codeLoginRefused, codeNotAllowed, codeUserRemoved, codeTooManyUsers, codeNotFound,
 	codeUnknownExchangeKey, codeUnavailable, codeInternal,
 }
 
@@ -122,6 +126,8 @@ func Sentence(err error) string {
 		return "The account name or password is not correct. Try again."
 	case errors.Is(err, ErrNotAllowed):
 		return "Your account may not use this device. Contact the help desk."
+	case errors.Is(err, ErrUserRemoved):
+		return "Your account is no longer a user of this device. Contact the help desk."
 	case errors.Is(err, ErrTooManyUsers):
 		return "This device already has as many users as allowed. Contact the help desk."
 	case errors.Is(err, ErrServerNotPinned), errors.Is(err, ErrUnknownKey):

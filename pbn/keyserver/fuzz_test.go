@@ -24,6 +24,9 @@ var messages = []func() versioned{
 	func() versioned { return &unlockedV1{} },
 	func() versioned { return &exchangeKeyV1{} },
 	func() versioned { return &adminFileV1{} },
+	func() versioned { return &signInV1{} },
+	func() versioned { return &signedInV1{} },
+	func() versioned { return &ownerRemoveV1{} },
 }
 
 var seeds = []string{
@@ -39,6 +42,16 @@ var seeds = []string{
 	`{"v":1,"code":"device-lost","message":"m"}`,
 	`{"v":1,"devices":[{"id":"0123456789abcdef0123456789abcdef","hostname":"h","group":"g",` +
 		`"state":"lost","enrolled":"2026-01-01T00:00:00Z","changed":"2026-01-01T00:00:00Z"}]}`,
+	`{"v":1,"account":"a@b","password":"cHc=","key_file":"0123456789abcdef0123456789abcdef",` +
+		`"open":"0123456789abcdef0123456789abcdef",` +
+		`"recoveries":[{"key_file":"0123456789abcdef0123456789abcdef","at":"2026-01-01T00:00:00Z"}]}`,
+	`{"v":1,"account":"b","password":"cHc=","new_key_file":"0123456789abcdef0123456789abcdef",` +
+		`"recovery_key":"MTIz","open":"00000000000000000000000000000001"}`,
+	`{"v":1,"upn":"a@b","sid":"S-1-5-21-1-2-3-1","kind":"user","time":"2026-01-01T00:00:00Z",` +
+		`"policy":{"group":"g","provisioning":true,"autoboot":true,"offline_limit":0,` +
+		`"administrators":null,"pcrs":[7],"users_per_device":1,"allowed_groups":null},` +
+		`"recovery_key":"MTIz"}`,
+	`{"v":1,"sid":"S-1-5-21-1-2-3-1","reason":"left"}`,
 	`{"v":2}`, `{"v":1}{}`, `[]`, `{"v":1,"x":"` + "\xff" + `"}`,
 }
 

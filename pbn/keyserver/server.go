@@ -1,6 +1,6 @@
 // Package keyserver is the enterprise key server's TLS API and its Go
 // client: device enrollment, network unlock in PBN mode, the secure-moment
-// claim, binding revocation, and the administrator's devices, recovery
+// claim, the deployed stage's sign-in, binding revocation, and the administrator's devices, recovery
 // keys, audit trail and policies.
 //
 // Both sides authenticate with keys, not certificate authorities, because
@@ -14,9 +14,11 @@
 // Anyone: GET /healthz; GET /v1/exchange-key?curve=P-256 (the key new
 // bindings use). A device (its key enrolled, the device active):
 // POST /v1/unlock (PBN-mode network unlock), POST /v1/claim (the secure
-// moment), POST /v1/revoke (one of its own bindings). An administrator:
-// POST /v1/enroll, GET /v1/admin/devices, GET /v1/admin/devices/{id},
-// POST /v1/admin/devices/{id}/state, POST /v1/admin/revoke,
+// moment), POST /v1/revoke (one of its own bindings), POST /v1/signin (the
+// deployed stage's sign-in). An administrator: POST /v1/enroll,
+// GET /v1/admin/devices, GET /v1/admin/devices/{id},
+// POST /v1/admin/devices/{id}/state,
+// POST /v1/admin/devices/{id}/owners/remove, POST /v1/admin/revoke,
 // POST /v1/admin/recovery, GET /v1/admin/audit (JSON lines),
 // GET and PUT /v1/admin/policy/{group}. Every change, unlock, claim and
 // recovery read is in the audit trail before the answer leaves.

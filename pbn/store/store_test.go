@@ -43,6 +43,7 @@ func TestStore(t *testing.T) {
 		{"bindings", testBindings},
 		{"owners", testOwners},
 		{"escrow sealed", testEscrow},
+		{"owner removed, escrow of one key file", testSignIn},
 		{"server keys shared", testServerKeys},
 		{"policy", testPolicy},
 		{"audit append-only", testAudit},

@@ -137,7 +137,7 @@ func bootDisk(t *testing.T, ctx context.Context, e *Enterprise, img, legacy, ima
 			t.Fatal(err)
 		}
 	}
-	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "boot", "-d", dir, img, "96M"); err != nil {
+	if err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "boot", "-d", dir, img, "128M"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -260,12 +260,11 @@ func TestInstallInUse(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Laptop = %v", err)
 	}
-	// The agent asks for carol's password, for the TPM and the password
-	// together. TODO: type it and reach the tiny OS; her key file is
-	// sealed to the PCRs of the boot that ran install, and whether this
-	// boot's match depends on what the firmware measures of a directly
-	// booted initramfs.
-	got = expect(t, ctx, p, `pbn: keyfiles: (\d+) on (\S+)`, regexp.QuoteMeta("Enter password for "+upn+": "))
+	// The deployed stage lists carol. TODO: sign her in and reach the
+	// tiny OS; her key file is sealed to the PCRs of the boot that ran
+	// install, and whether this boot's match depends on what the firmware
+	// measures of a directly booted initramfs.
+	got = expect(t, ctx, p, `pbn: keyfiles: (\d+) on (\S+)`, usersRE, `  1\. `+regexp.QuoteMeta(upn)+`\n`)
 	if got[0][1] != "1" {
 		t.Errorf("the agent found %s key files, want the user's", got[0][1])
 	}

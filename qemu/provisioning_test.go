@@ -371,7 +371,10 @@ func TestSecureMomentPowerCut(t *testing.T) {
 			}},
 		{securemoment.StepRemoveProvisioning, 1, false, true,
 			func(t *testing.T, ctx context.Context, m *Laptop, _, upn string) {
-				expect(t, ctx, m, `Enter password for `+regexp.QuoteMeta(upn)+`: `)
+				// The deployed stage's prompt.
+				expect(t, ctx, m, usersRE, `  1\. `+regexp.QuoteMeta(upn)+`\n`, signInRE)
+				m.Console.Type("1\n")
+				expect(t, ctx, m, `Password for `+regexp.QuoteMeta(upn)+`: `)
 				m.Console.Type(labPassword + "\n")
 			}},
 	}

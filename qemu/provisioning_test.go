@@ -238,6 +238,9 @@ func keyFiles(t *testing.T, ctx context.Context, img string) []*keyfile.KeyFile 
 	var files []*keyfile.KeyFile
 	for _, p := range strings.Fields(string(out)) {
 		name := path.Base(p)
+		if !strings.HasSuffix(name, keyfile.Ext) {
+			continue // the deployed stage's state, beside the key files
+		}
 		b, err := readESPFile(ctx, img, disk.KeyDir+"/"+name)
 		if err != nil {
 			t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -73,10 +72,6 @@ func closeEnterprise() error {
 	return entFixture.lab.Close()
 }
 
-// noUnlockerLine is what today's agent says of a disk with only a
-// provisioning key file: it has no network unlocker yet.
-const noUnlockerLine = "No key file on this computer can be opened with a password."
-
 // TestProvisionedLaptop provisions a laptop from the host, checks that the
 // key server lists it enrolled, and boots it: the agent gets its address
 // from the lab's DHCP server and finds the provisioning key file. Then the
@@ -112,9 +107,9 @@ func TestProvisionedLaptop(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Laptop = %v", err)
 	}
-	// TODO: the provisioning stage's autoboot replaces the last line: the
-	// agent will open the provisioning key file with the key server's help.
-	got := expect(t, ctx, m, networkRE, `pbn: keyfiles: (\d+) on (\S+)`, regexp.QuoteMeta(noUnlockerLine))
+	// The provisioning key file opened with the key server's help: the
+	// countdown to the unattended boot starts (see provisioning_test.go).
+	got := expect(t, ctx, m, networkRE, `pbn: keyfiles: (\d+) on (\S+)`, countdownRE)
 	if lease, ok := e.Lab.Lease(m.MAC); !ok || !strings.Contains(got[0][1], lease.String()) {
 		t.Errorf("network: %q, lease for %s: %v %v; want the leased address", got[0][1], m.MAC, lease, ok)
 	}

@@ -260,12 +260,11 @@ func TestInstallInUse(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Laptop = %v", err)
 	}
-	// TODO: once the agent signs a user in with the TPM and the password
-	// (the deployed stage), this boot asks for carol's password and
-	// reaches the tiny OS; her key file is sealed to the PCRs of the boot
-	// that ran install, and whether this boot's match depends on what the
-	// firmware measures of a directly booted initramfs.
-	got = expect(t, ctx, p, `pbn: keyfiles: (\d+) on (\S+)`, regexp.QuoteMeta(noUnlockerLine))
+	// The deployed stage lists carol. TODO: sign her in and reach the
+	// tiny OS; her key file is sealed to the PCRs of the boot that ran
+	// install, and whether this boot's match depends on what the firmware
+	// measures of a directly booted initramfs.
+	got = expect(t, ctx, p, `pbn: keyfiles: (\d+) on (\S+)`, usersRE, `  1\. `+regexp.QuoteMeta(upn)+`\n`)
 	if got[0][1] != "1" {
 		t.Errorf("the agent found %s key files, want the user's", got[0][1])
 	}

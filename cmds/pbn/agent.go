@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io"
@@ -13,16 +14,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-tpm/tpm2/transport"
 	"golang.org/x/sys/unix"
 
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/cmdline"
+	"github.com/pbn-project/pbn/pbn/config"
 	"github.com/pbn-project/pbn/pbn/console"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/handoff"
 	"github.com/pbn-project/pbn/pbn/kmod"
 	"github.com/pbn-project/pbn/pbn/netup"
 	"github.com/pbn-project/pbn/pbn/stage"
+	"github.com/pbn-project/pbn/pbn/tpm"
 )
 
 // Where the agent keeps things; /run moves into the real root at
@@ -37,6 +41,7 @@ const (
 type agent struct {
 	start   time.Time
 	con     *console.Console
+	conIn   *os.File // the console's input, which the sign-in prompt reads
 	log     *slog.Logger
 	cmdline *cmdline.Cmdline
 	timing  *stage.Timing
@@ -50,11 +55,22 @@ type agent struct {
 
 	volume   cmdline.LUKS // the LUKS volume to open
 	luksDev  *disk.Device // where it is
+	espDev   *disk.Device // the ESP, mounted at espMount until the unlock step ends
 	files    []*keyfile.KeyFile
 	opened   *keyfile.KeyFile
 	session  handoff.Session // what the handover tells the OS; the unlock step says how it opened
 	rootDev  *disk.Device
 	initPath string
+
+	// What the stages open on first use (enterprise.go), until the unlock
+	// step ends.
+	config    *config.Config
+	tpm       *tpm.TPM
+	tpmTr     transport.TPMCloser // tpm's
+	deviceKey crypto.Signer
+	// entered is when the person entered the credentials of the secure
+	// moment, in time since the agent started.
+	entered time.Duration
 }
 
 func newAgent(start time.Time) *agent {
@@ -96,8 +112,8 @@ func (a *agent) run(ctx context.Context) error {
 // reads the kernel command line.
 func (a *agent) setup() error {
 	mountErr := handoff.MountEarly()
-	if c, err := console.Open("/dev/console"); err == nil {
-		a.con = c
+	if f, err := os.OpenFile("/dev/console", os.O_RDWR|unix.O_NOCTTY, 0); err == nil {
+		a.con, a.conIn = console.New(f, f), f
 	}
 	a.say("PBN agent starting")
 	if mountErr != nil {
@@ -315,14 +331,13 @@ func (a *agent) keyFiles(ctx context.Context) error {
 	if err := disk.MountESP(esp, espMount); err != nil {
 		return err
 	}
+	a.espDev = esp
 	files, damaged, err := disk.KeyFiles(espMount)
-	if uerr := unix.Unmount(espMount, 0); uerr != nil {
-		a.log.Warn("unmount esp", "err", uerr)
-	}
 	for _, d := range damaged {
 		a.log.Warn("key file skipped", "err", d)
 	}
 	if err != nil {
+		a.unmountESP()
 		return err
 	}
 	a.files = files
@@ -358,17 +373,48 @@ func (a *agent) loadModule(name string) {
 	}
 }
 
-// unlockers are tried in order.
-// TODO: the TPM, AD and network unlockers of the two-stage model go here,
-// before the password; until then every boot asks for the password.
-func (a *agent) unlockers() []disk.Unlocker {
-	return []disk.Unlocker{
-		&disk.PasswordUnlocker{Console: a.con, Tries: a.cmdline.PBN.Tries, Typed: a.timing.Exclude},
-	}
+// stages are the two stages of PBN's model, in the order they are
+// chosen: the first whose key files are on the ESP runs. A provisioning
+// key file means the device's secure moment has not finished, even with a
+// user's key file beside it (a power cut cut it short): signing in again
+// finishes it, where the user's key file alone might not open the disk
+// yet.
+var stages = []struct {
+	name  string
+	kinds []keyfile.Kind
+	run   func(*agent, context.Context) (*keyfile.KeyFile, error)
+}{
+	{"provisioning", []keyfile.Kind{keyfile.KindProvisioning}, (*agent).provisioning},
+	{"deployed", []keyfile.Kind{keyfile.KindUser, keyfile.KindAdministrator}, (*agent).openKeyFile},
 }
 
+// errNoStage says no key file on the ESP is of a kind that a stage opens.
+var errNoStage = fmt.Errorf("%w of a known kind", disk.ErrNoKeyFiles)
+
+// chooseStage returns the index in stages of the stage for the key files.
+func chooseStage(files []*keyfile.KeyFile) (int, error) {
+	for i, s := range stages {
+		for _, f := range files {
+			if slices.Contains(s.kinds, f.Header().Kind) {
+				return i, nil
+			}
+		}
+	}
+	return 0, errNoStage
+}
+
+// unlock runs the stage that the key files call for, which returns the
+// open key file of the disk. The ESP is synced and unmounted at its end,
+// and the TPM closed.
 func (a *agent) unlock(ctx context.Context) error {
-	f, err := a.openKeyFile(ctx)
+	defer a.closeTPM()
+	defer a.unmountESP()
+	i, err := chooseStage(a.files)
+	if err != nil {
+		return err
+	}
+	a.log.Info("stage", "name", stages[i].name)
+	f, err := stages[i].run(a, ctx)
 	if err != nil {
 		return err
 	}
@@ -380,6 +426,19 @@ func (a *agent) unlock(ctx context.Context) error {
 	}
 	a.say("unlock: key file of %s opened", describe(f))
 	return nil
+}
+
+// unmountESP writes what the unlock step wrote to the ESP through and
+// unmounts it.
+func (a *agent) unmountESP() {
+	if a.espDev == nil {
+		return
+	}
+	unix.Sync()
+	if err := unix.Unmount(espMount, 0); err != nil {
+		a.log.Warn("unmount esp", "err", err)
+	}
+	a.espDev = nil
 }
 
 func describe(f *keyfile.KeyFile) string {

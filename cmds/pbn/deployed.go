@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -12,8 +11,6 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/google/go-tpm/tpm2/transport"
-	"github.com/google/go-tpm/tpm2/transport/linuxtpm"
 	"golang.org/x/sys/unix"
 
 	"github.com/pbn-project/pbn/keyfile"
@@ -32,13 +29,6 @@ import (
 // one that does not should not keep the person waiting long before the
 // offline rules apply.
 const signInTimeout = 5 * time.Second
-
-// tpmDevice is the kernel's TPM resource manager; tpmPoll is how often
-// the deployed stage looks for it while the coldplug loads its driver.
-const (
-	tpmDevice = "/dev/tpmrm0"
-	tpmPoll   = 10 * time.Millisecond
-)
 
 // recoveryChoice, typed at the account prompt, asks for a recovery key.
 const recoveryChoice = "r"
@@ -65,12 +55,9 @@ func deployable(files []*keyfile.KeyFile) bool {
 	return false
 }
 
-// openKeyFile opens a key file at the deployed stage's prompt when the
-// device has one sealed to its TPM, else at the password prompt.
-//
-// TODO: the provisioning stage's unlock (its branch's agent.go) decides
-// this with the provisioning key file and the secure moment in view; this
-// stands in for it until the branches meet.
+// openKeyFile is the deployed stage: it opens a key file at the deployed
+// stage's prompt when the device has one sealed to its TPM, else at the
+// password prompt.
 func (a *agent) openKeyFile(ctx context.Context) (*keyfile.KeyFile, error) {
 	if deployable(a.files) {
 		return a.deployed(ctx)
@@ -78,37 +65,38 @@ func (a *agent) openKeyFile(ctx context.Context) (*keyfile.KeyFile, error) {
 	return disk.Unlock(ctx, a.unlockers(), a.files)
 }
 
+// unlockers open key files with a password alone.
+func (a *agent) unlockers() []disk.Unlocker {
+	return []disk.Unlocker{
+		&disk.PasswordUnlocker{Console: a.con, Tries: a.cmdline.PBN.Tries, Typed: a.timing.Exclude},
+	}
+}
+
 // deployed is the deployed stage: the users of the device are listed, one
 // signs in (online with the directory and the key server, else within the
 // offline limit) or types a recovery key, and their key file opens. The
 // ESP is mounted read-write meanwhile: a sign-in records its contact, a
 // changed password re-protects the key file, a new user's key file is
-// stored there.
+// stored there. The unlock step closes the TPM and unmounts the ESP.
 //
-// TODO: the TPM, the directory client and the key server client are the
-// provisioning stage's too (cmds/pbn/enterprise.go on its branch); one
-// helper should open them for both once the branches meet.
+// TODO: connect should take the directory and the key server client from
+// enterprise.go's helpers, which the provisioning stage uses.
 func (a *agent) deployed(ctx context.Context) (*keyfile.KeyFile, error) {
 	start := time.Now()
-	unmount, err := a.mountESPWritable(ctx)
+	if err := a.espWritable(); err != nil {
+		return nil, err
+	}
+	t, err := a.openTPM(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer unmount()
-	tr, err := a.openTPM(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer tr.Close()
-	t := tpm.New(tr, &tpm.Options{Logger: a.log})
-	defer t.Close()
 	cs, err := disk.Cryptsetup()
 	if err != nil {
 		return nil, err
 	}
 
 	d := &signin.Device{ESP: keyfile.OSFS{}, KeyDir: filepath.Join(espMount, disk.KeyDir),
-		Volume: disk.Keyslots{Cryptsetup: cs, Dev: a.luksDev.Path}, TPM: t, Clock: signin.TPMClock(tr),
+		Volume: disk.Keyslots{Cryptsetup: cs, Dev: a.luksDev.Path}, TPM: t, Clock: signin.TPMClock(a.tpmTr),
 		StepTimeout: signInTimeout, Logger: a.log}
 	users, err := d.Users()
 	if err != nil {
@@ -291,49 +279,6 @@ func printable(s string) string {
 		}
 		return r
 	}, s)
-}
-
-// mountESPWritable mounts the ESP read-write for the sign-in.
-func (a *agent) mountESPWritable(ctx context.Context) (unmount func(), err error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
-	defer cancel()
-	esp, err := a.findESP(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := disk.MountESP(esp, espMount); err != nil {
-		return nil, err
-	}
-	err = unix.Mount(esp.Path, espMount, "", unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
-	if err != nil {
-		unix.Unmount(espMount, 0)
-		return nil, fmt.Errorf("remount esp %s read-write: %w", esp.Path, err)
-	}
-	return func() {
-		if err := unix.Unmount(espMount, 0); err != nil {
-			a.log.Warn("unmount esp", "err", err)
-		}
-	}, nil
-}
-
-// openTPM opens the TPM's resource manager, waiting for its driver.
-func (a *agent) openTPM(ctx context.Context) (transport.TPMCloser, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
-	defer cancel()
-	for {
-		tr, err := linuxtpm.Open(tpmDevice)
-		if err == nil {
-			return tr, nil
-		}
-		if !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("tpm: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("tpm: %s did not appear: %w", tpmDevice, ctx.Err())
-		case <-time.After(tpmPoll):
-		}
-	}
 }
 
 // handover leaves the OS, once the disk is open, who signed in (the

@@ -12,6 +12,8 @@ import (
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/handoff"
 	"github.com/pbn-project/pbn/pbn/imaging"
+	"github.com/pbn-project/pbn/pbn/provisioning"
+	"github.com/pbn-project/pbn/pbn/tpm"
 )
 
 // sentencer is an error that has its own line for the console.
@@ -25,6 +27,8 @@ var sentences = []struct {
 }{
 	{console.ErrTooManyTries, "Too many wrong passwords. Restart the computer to try again."},
 	{console.ErrClosed, "The console closed, so no password can be typed."},
+	{provisioning.ErrNoSignIn, "No one could sign in. Restart the computer to try again."},
+	{errNoTPM, "This computer's security chip (TPM) cannot be found. Ask your administrator for help."},
 	{keyfile.ErrTampered, "The key file on this computer was changed and cannot be trusted. Ask your administrator for help."},
 	{keyfile.ErrDamaged, "The key file on this computer is damaged. Ask your administrator for help."},
 	{keyfile.ErrFormat, "The key file on this computer is damaged. Ask your administrator for help."},
@@ -48,6 +52,9 @@ func sentence(err error) string {
 	var s sentencer
 	if errors.As(err, &s) {
 		return s.Sentence()
+	}
+	if line := tpm.Prompt(err); line != "" {
+		return line
 	}
 	return "The computer could not start. Ask your administrator for help."
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/pbn-project/pbn/pbn/console"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/imaging"
+	"github.com/pbn-project/pbn/pbn/provisioning"
 	"github.com/pbn-project/pbn/pbn/stage"
 )
 
@@ -29,6 +31,10 @@ func TestSentence(t *testing.T) {
 		{cmdErr, `The boot parameter "pbn.onfail=shell" is not valid`},
 		{&stage.StepError{Step: "disk", Err: fmt.Errorf("open /dev/vda2: %w", disk.ErrWrongKey)},
 			"does not open this computer's disk"},
+		{&stage.StepError{Step: "unlock", Err: fmt.Errorf("%w: 10 sign-ins failed", provisioning.ErrNoSignIn)},
+			"No one could sign in"},
+		{&stage.StepError{Step: "unlock", Err: fmt.Errorf("%w: %w", errNoTPM, context.DeadlineExceeded)},
+			"security chip (TPM) cannot be found"},
 		{errors.New("mount proc on /proc: operation not permitted"), "The computer could not start."},
 		{&stage.StepError{Step: "target", Err: &imaging.RefusedError{What: "an ext4 file system"}},
 			"This computer's disk holds an ext4 file system. It was left as it is"},

@@ -261,10 +261,7 @@ const (
 // from PXE, and finishes: the disk has PBN's table, the boot files on the
 // ESP, and a provisioning key file; the key server lists the device,
 // enrolled with its TPM; and the laptop reboots into the provisioning
-// stage.
-//
-// It does not prove that the payload in the volume is whole: the tiny OS
-// boots only once the provisioning stage opens the disk (autoboot).
+// stage, boots unattended and runs the tiny OS from the payload.
 func TestPXEImaging(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
 	defer cancel()
@@ -308,16 +305,18 @@ func TestPXEImaging(t *testing.T) {
 	}
 
 	// The provisioning stage's first boot, from the disk, with the TPM
-	// that enrolled.
-	// TODO: the provisioning stage's autoboot replaces the last line.
+	// that enrolled: it boots unattended into the payload, the tiny OS,
+	// which shows that imaging wrote it whole into the volume.
 	p, err := e.ent.Lab.Laptop(ctx, "imaged", LaptopOptions{Kernel: k.Image, Initrd: e.path,
 		Disks: []string{disk}, TPMState: m.TPMDir, Console: &testWriter{t: t, name: "imaged"},
 		Append: "quiet pbn.debug rd.luks.uuid=" + uuid})
 	if err != nil {
 		t.Fatalf("Laptop = %v", err)
 	}
-	expect(t, ctx, p, `pbn: keyfiles: 1 on /dev/vda1`, regexp.QuoteMeta(noUnlockerLine))
-	p.PowerCut()
+	expect(t, ctx, p, `pbn: keyfiles: 1 on /dev/vda1`, countdownRE, autobootRE, tinyOSRE)
+	if err := p.Wait(ctx); err != nil {
+		t.Errorf("Wait = %v, want the tiny OS to power off", err)
+	}
 }
 
 // checkImaged checks an imaged disk from the host: PBN's partition table,

@@ -336,6 +336,9 @@ func (a *agent) keyFiles(ctx context.Context) error {
 	for _, d := range damaged {
 		a.log.Warn("key file skipped", "err", d)
 	}
+	if err == nil {
+		files, err = a.trusted(files)
+	}
 	if err != nil {
 		a.unmountESP()
 		return err

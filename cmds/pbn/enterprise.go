@@ -134,6 +134,29 @@ func (a *agent) loadConfig() (*config.Config, error) {
 	return c, nil
 }
 
+// trusted returns the key files bound to the key server that the image's
+// configuration pins (all of them when it pins none) and closes the
+// others: the ESP is not encrypted, and a key file planted there must not
+// make the agent send a user's password to a server of someone else's.
+func (a *agent) trusted(files []*keyfile.KeyFile) ([]*keyfile.KeyFile, error) {
+	c, err := a.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	var kept []*keyfile.KeyFile
+	for _, f := range files {
+		if h := f.Header(); !c.Trusts(h.Server) {
+			a.log.Warn("key file skipped: bound to a key server the image does not pin",
+				"id", h.ID.String(), "server", h.Server.URL)
+			a.say("keyfiles: %s skipped: it names a key server this computer does not know", h.ID)
+			f.Close()
+			continue
+		}
+		kept = append(kept, f)
+	}
+	return kept, nil
+}
+
 // errNoDomain says the image's configuration names no domain.
 var errNoDomain = errors.New("the image's configuration names no domain")
 

@@ -24,7 +24,7 @@ const (
 	group    = "demo-laptops"
 )
 
-// labTimeout bounds the whole lab story: five boots under TCG, with the
+// labTimeout bounds the whole lab story: six boots under TCG, with the
 // image, the disk and the domain made first.
 const labTimeout = 20 * time.Minute
 
@@ -89,9 +89,9 @@ func labStory(ctx context.Context, w io.Writer) error {
 		say  string
 		talk func(*qemu.Console) error
 	}{
-		{"1. The unattended boot: on the enterprise network the key server helps the provisioning key file open.",
+		{"Lab 1. The unattended boot: on the enterprise network the key server helps the provisioning key file open.",
 			func(c *qemu.Console) error { return expect(ctx, c, `Booting unattended in \d+ s`) }},
-		{"2. alice's secure moment: she presses Enter during the countdown and signs in with her AD account.",
+		{"Lab 2. alice's secure moment: she presses Enter during the countdown and signs in with her AD account.",
 			func(c *qemu.Console) error {
 				if err := expect(ctx, c, `Press Enter to sign in\.`); err != nil {
 					return err
@@ -99,12 +99,14 @@ func labStory(ctx context.Context, w io.Writer) error {
 				c.Type("\n")
 				return signIn(ctx, c, `Account: `, alice)
 			}},
-		{"3. alice's next boot: the TPM and her password, checked online against AD and the key server.",
+		{"Lab 3. alice's next boot: the TPM and her password, checked online against AD and the key server.",
 			func(c *qemu.Console) error { return signIn(ctx, c, signInPrompt, alice) }},
-		{"4. bob signs in on alice's laptop: the key server allows a second user and he gets his own key file.",
+		{"Lab 4. bob signs in on alice's laptop: the key server allows a second user and he gets his own key file.",
 			func(c *qemu.Console) error { return signIn(ctx, c, signInPrompt, bob) }},
-		{"5. alice forgot her password: the help desk reads her recovery key from the key server.",
+		{"Lab 5. alice forgot her password: the help desk reads her recovery key from the key server.",
 			func(c *qemu.Console) error { return recoveryKey(ctx, c, e.Admin, dev, alice) }},
+		{"Lab 6. alice's next boot with her password tells the key server that her recovery key was used.",
+			func(c *qemu.Console) error { return signIn(ctx, c, signInPrompt, alice) }},
 	}
 	for i, b := range boots {
 		fmt.Fprintf(w, "\n%s\n", b.say)

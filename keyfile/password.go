@@ -134,7 +134,7 @@ func Password(pw secret.Bytes) *PasswordFactor {
 }
 
 // PasswordWith returns a password factor that enrolls with params, which
-// must not be below FloorArgon2.
+// must not be below FloorArgon2; zero params calibrate as Password does.
 func PasswordWith(pw secret.Bytes, params Argon2Params) *PasswordFactor {
 	return &PasswordFactor{password: pw, params: params}
 }

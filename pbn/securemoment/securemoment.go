@@ -343,7 +343,7 @@ func (r *run) openUser(ctx context.Context) error {
 	// directory just accepted (the password was changed in AD between a
 	// power cut and this run) stops here; it should be opened with the
 	// recovery key the server holds in escrow and re-protected.
-	if err := f.Open(ctx, r.passwordFactor(), r.tpmFactor(nil)); err != nil {
+	if err := f.Open(ctx, r.factors(nil)...); err != nil {
 		return fmt.Errorf("open %s: %w", r.res.Path, err)
 	}
 	r.res.KeyFile = f
@@ -386,7 +386,7 @@ func (r *run) makeKeyFile(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	pcrs := tpm.PCRSelection(c.Policy.PCRs)
-	if _, err := f.AddProtector(ctx, LabelPasswordTPM, r.passwordFactor(), r.tpmFactor(pcrs)); err != nil {
+	if _, err := f.AddProtector(ctx, LabelPasswordTPM, r.factors(pcrs)...); err != nil {
 		f.Close()
 		return false, err
 	}
@@ -409,7 +409,7 @@ func (r *run) store(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("read back %s: %w", r.res.Path, err)
 	}
 	defer back.Close()
-	if err := back.Open(ctx, r.passwordFactor(), r.tpmFactor(nil)); err != nil {
+	if err := back.Open(ctx, r.factors(nil)...); err != nil {
 		return false, fmt.Errorf("open %s as stored: %w", r.res.Path, err)
 	}
 	if !back.Keyring().FDE.Equal(r.res.KeyFile.Keyring().FDE) {
@@ -534,19 +534,21 @@ func (r *run) provisioningFDE(ctx context.Context) (secret.Bytes, error) {
 	return r.provFDE, nil
 }
 
-func (r *run) passwordFactor() keyfile.Factor {
-	if r.d.Argon2 == (keyfile.Argon2Params{}) {
-		return keyfile.Password(r.password)
-	}
-	return keyfile.PasswordWith(r.password, r.d.Argon2)
-}
-
-// tpmFactor returns the TPM factor, sealing to pcrs (empty: the default).
-func (r *run) tpmFactor(pcrs tpm.PCRSelection) keyfile.Factor {
+// Factors returns the factors of a user's TPM and password protector
+// (LabelPasswordTPM): the password, its Argon2id parameters argon2 (zero:
+// calibrated on this device when enrolled), and the TPM sealing to pcrs
+// (empty: tpm.DefaultPCRs) with the same password bound in. Enrolled
+// together, the TPM alone never releases the key file.
+func Factors(t *tpm.TPM, pcrs tpm.PCRSelection, password secret.Bytes, argon2 keyfile.Argon2Params) []keyfile.Factor {
 	if len(pcrs) == 0 {
 		pcrs = nil
 	}
-	return tpm.NewFactor(r.d.TPM, pcrs, r.password)
+	return []keyfile.Factor{keyfile.PasswordWith(password, argon2), tpm.NewFactor(t, pcrs, password)}
+}
+
+// factors returns the user's factors on this device.
+func (r *run) factors(pcrs tpm.PCRSelection) []keyfile.Factor {
+	return Factors(r.d.TPM, pcrs, r.password, r.d.Argon2)
 }
 
 func (d *Device) stepTimeout() time.Duration {

@@ -98,8 +98,8 @@ func (s *session) newKeyFile(ctx context.Context, id keyfile.ID, other keyfile.H
 		ring.Wipe()
 		return nil, err
 	}
-	if _, err := f.AddProtector(ctx, securemoment.LabelPasswordTPM, s.passwordFactor(),
-		s.tpmFactor(tpm.PCRSelection(ans.Policy.PCRs))); err != nil {
+	if _, err := f.AddProtector(ctx, securemoment.LabelPasswordTPM,
+		s.factors(tpm.PCRSelection(ans.Policy.PCRs))...); err != nil {
 		f.Close()
 		return nil, err
 	}

@@ -233,7 +233,7 @@ func (s *session) signIn(ctx context.Context) (*Result, error) {
 	// joined or left in the directory shows at the next online sign-in.
 	res := &Result{KeyFile: f.f, Path: f.path, Online: true}
 	start := time.Now()
-	err = f.f.Open(ctx, s.passwordFactor(), s.tpmFactor(nil))
+	err = f.f.Open(ctx, s.factors(nil)...)
 	s.d.logger().Debug("key file", "took", time.Since(start))
 	if WrongPassword(err) {
 		// The directory and the server took the password: the key file
@@ -370,7 +370,7 @@ func (s *session) offline(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := f.f.Open(ctx, s.passwordFactor(), s.tpmFactor(nil)); err != nil {
+	if err := f.f.Open(ctx, s.factors(nil)...); err != nil {
 		return nil, err
 	}
 	c, ok := s.st.contactOf(f.f)
@@ -569,21 +569,10 @@ func (s *session) byAccount() (stored, error) {
 	return stored{}, ErrAmbiguous
 }
 
-// passwordFactor returns the password factor, which enrolls with
-// Device.Argon2.
-func (s *session) passwordFactor() keyfile.Factor {
-	if s.d.Argon2 == (keyfile.Argon2Params{}) {
-		return keyfile.Password(s.password)
-	}
-	return keyfile.PasswordWith(s.password, s.d.Argon2)
-}
-
-// tpmFactor returns the TPM factor, sealing to pcrs (empty: the default).
-func (s *session) tpmFactor(pcrs tpm.PCRSelection) keyfile.Factor {
-	if len(pcrs) == 0 {
-		pcrs = nil
-	}
-	return tpm.NewFactor(s.d.TPM, pcrs, s.password)
+// factors returns the factors of the user's TPM and password protector,
+// sealing to pcrs (empty: the default).
+func (s *session) factors(pcrs tpm.PCRSelection) []keyfile.Factor {
+	return securemoment.Factors(s.d.TPM, pcrs, s.password, s.d.Argon2)
 }
 
 // tpmClock reads the TPM's Clock, nil when there is none to read.

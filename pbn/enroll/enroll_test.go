@@ -4,12 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/pbn-project/pbn/internal/kstest"
 	"github.com/pbn-project/pbn/internal/swtpm"
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/keyserver"
@@ -23,57 +22,9 @@ import (
 // testTimeout bounds each test's work with the real components.
 const testTimeout = 2 * time.Minute
 
-// server starts a key server on loopback, with SQLite and fresh Tang keys
-// and no directory, and returns its administrator's client.
-func server(t *testing.T) *keyserver.Client {
-	t.Helper()
-	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "pbnd.db"), secret.Random(store.MasterKeySize), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	tangDir := t.TempDir()
-	if err := tang.GenerateKeys(tangDir); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := tang.LoadKeys(tangDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "https://" + ln.Addr().String()
-	srvKey, err := keyserver.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := keyserver.New(keyserver.Config{Store: st, Key: srvKey, URL: url, Exchange: keys})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-
-	adminKey, err := keyserver.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	spki, _ := keyserver.PublicKey(adminKey)
-	if err := st.AddAdmin(ctx, "test-admin", spki); err != nil {
-		t.Fatal(err)
-	}
-	admin, err := keyserver.NewClient(url, srv.PublicKey(), adminKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(admin.CloseIdleConnections)
-	return admin
-}
+// server starts a key server on loopback, with no directory, and returns
+// its administrator's client.
+func server(t *testing.T) *keyserver.Client { return kstest.Start(t, nil).Admin }
 
 // openTPM starts a swtpm and opens it until the test ends.
 func openTPM(t *testing.T) *tpm.TPM {

@@ -4,11 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pbn-project/pbn/internal/kstest"
 	"github.com/pbn-project/pbn/internal/samba"
 	"github.com/pbn-project/pbn/internal/swtpm"
 	"github.com/pbn-project/pbn/internal/testenv"
@@ -78,15 +75,6 @@ type env struct {
 	prov    string            // the provisioning key file's path
 }
 
-func newKey(t *testing.T) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	e := &env{dc: sharedDC(t), keyDir: filepath.Join(t.TempDir(), disk.KeyDir)}
@@ -133,47 +121,9 @@ func newEnv(t *testing.T) *env {
 // and returns its URL and pinned key.
 func (e *env) startServer(t *testing.T) (string, []byte) {
 	t.Helper()
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "pbnd.db"),
-		secret.Random(store.MasterKeySize), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	tangDir := t.TempDir()
-	if err := tang.GenerateKeys(tangDir); err != nil {
-		t.Fatal(err)
-	}
-	tk, err := tang.LoadKeys(tangDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "https://" + ln.Addr().String()
-	srv, err := keyserver.New(keyserver.Config{Store: st, Key: newKey(t), URL: url,
-		Directory: keyserver.AD(e.ad), Exchange: tk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	var once sync.Once
-	e.stop = func() { once.Do(func() { cancel(); <-done }) }
-	t.Cleanup(e.stop)
-
-	adminKey := newKey(t)
-	spki, _ := keyserver.PublicKey(adminKey)
-	if err := st.AddAdmin(context.Background(), "test-admin", spki); err != nil {
-		t.Fatal(err)
-	}
-	if e.admin, err = keyserver.NewClient(url, srv.PublicKey(), adminKey); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.admin.CloseIdleConnections)
-	return url, srv.PublicKey()
+	srv := kstest.Start(t, keyserver.AD(e.ad))
+	e.stop, e.admin = srv.Stop, srv.Admin
+	return srv.URL, srv.Pin
 }
 
 // provision enrolls the device with its TPM's device key and stores its

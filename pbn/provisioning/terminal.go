@@ -43,8 +43,12 @@ func (t *Terminal) Password(prompt string) (secret.Bytes, time.Duration, error) 
 func (t *Terminal) Countdown(ctx context.Context, d time.Duration, line func(left time.Duration)) (bool, error) {
 	end := time.Now().Add(d)
 	ended := false
+	shown := int64(-1) // the whole seconds last shown
 	for left := d; left > 0; left = time.Until(end) {
-		line(left)
+		if s := seconds(left); s != shown {
+			line(left)
+			shown = s
+		}
 		tick := left - time.Duration(seconds(left)-1)*time.Second // to the next whole second
 		var err error
 		if ended {
@@ -71,7 +75,9 @@ func (t *Terminal) wait(ctx context.Context, d time.Duration) (pressed, ended bo
 	}
 	start := time.Now()
 	fds := []unix.PollFd{{Fd: int32(t.In.Fd()), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, int(d.Milliseconds()))
+	// Rounded up: a wait shorter than a millisecond must not poll with
+	// no timeout at all, again and again, until the time is up.
+	n, err := unix.Poll(fds, int((d+time.Millisecond-1)/time.Millisecond))
 	switch {
 	case errors.Is(err, unix.EINTR):
 		return false, false, nil

@@ -4,11 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/json"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pbn-project/pbn/internal/faultfs"
+	"github.com/pbn-project/pbn/internal/kstest"
 	"github.com/pbn-project/pbn/internal/samba"
 	"github.com/pbn-project/pbn/internal/swtpm"
 	"github.com/pbn-project/pbn/internal/testenv"
@@ -81,14 +78,7 @@ type env struct {
 	cryptsetup string
 }
 
-func newKey(t testing.TB) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+func newKey(t testing.TB) crypto.Signer { return kstest.NewKey(t) }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
@@ -100,42 +90,8 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "pbnd.db"),
-		secret.Random(store.MasterKeySize), store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	tangDir := t.TempDir()
-	if err := tang.GenerateKeys(tangDir); err != nil {
-		t.Fatal(err)
-	}
-	tk, err := tang.LoadKeys(tangDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.url = "https://" + ln.Addr().String()
-	srv, err := keyserver.New(keyserver.Config{Store: st, Key: newKey(t), URL: e.url,
-		Directory: keyserver.AD(e.ad), Exchange: tk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.pin = srv.PublicKey()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() { cancel(); <-done })
-
-	adminKey := newKey(t)
-	spki, _ := keyserver.PublicKey(adminKey)
-	if err := st.AddAdmin(context.Background(), "test-admin", spki); err != nil {
-		t.Fatal(err)
-	}
-	e.admin = e.client(t, adminKey)
+	srv := kstest.Start(t, keyserver.AD(e.ad))
+	e.url, e.pin, e.admin = srv.URL, srv.Pin, srv.Admin
 
 	sim := swtpm.Start(t)
 	if e.tpm, err = tpm.Open(context.Background(), sim.Path(), nil); err != nil {

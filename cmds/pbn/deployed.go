@@ -139,11 +139,13 @@ func (a *agent) connect(ctx context.Context, d *signin.Device, t *tpm.TPM) {
 		return
 	}
 
-	// TODO: the key server and its pin come from a key file not yet
-	// authenticated (it opens only after the server's answer), so an ESP
-	// rewritten to pin another server would send that server the
-	// password; the image's configuration, which the PCRs measure, should
-	// pin the key server as it pins the directory's CA.
+	// The key server and its pin come from a key file not yet
+	// authenticated (it opens only after the server's answer); the
+	// keyfiles step kept only key files bound to the server that the
+	// image's configuration pins (agent.trusted).
+	// TODO: an image whose configuration pins no key server still trusts
+	// whatever server a key file on the ESP names; pbnctl image build
+	// should require the pin.
 	var srv keyfile.Server
 	for _, f := range a.files {
 		if srv = f.Header().Server; srv.URL != "" {

@@ -14,8 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pbn-project/pbn/keyfile"
-	"github.com/pbn-project/pbn/pbn/ad"
-	"github.com/pbn-project/pbn/pbn/config"
 	"github.com/pbn-project/pbn/pbn/console"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/handoff"
@@ -78,9 +76,6 @@ func (a *agent) unlockers() []disk.Unlocker {
 // ESP is mounted read-write meanwhile: a sign-in records its contact, a
 // changed password re-protects the key file, a new user's key file is
 // stored there. The unlock step closes the TPM and unmounts the ESP.
-//
-// TODO: connect should take the directory and the key server client from
-// enterprise.go's helpers, which the provisioning stage uses.
 func (a *agent) deployed(ctx context.Context) (*keyfile.KeyFile, error) {
 	start := time.Now()
 	if err := a.espWritable(); err != nil {
@@ -107,7 +102,7 @@ func (a *agent) deployed(ctx context.Context) (*keyfile.KeyFile, error) {
 	connected := make(chan struct{})
 	go func() {
 		defer close(connected)
-		a.connect(ctx, d, t)
+		a.connect(ctx, d)
 	}()
 	defer func() {
 		<-connected
@@ -124,21 +119,12 @@ func (a *agent) deployed(ctx context.Context) (*keyfile.KeyFile, error) {
 // device offline. It opens a connection to the key server, which the
 // sign-in then uses: its TLS handshake, signed by the TPM's device key,
 // is done while the person types.
-func (a *agent) connect(ctx context.Context, d *signin.Device, t *tpm.TPM) {
-	cfg, err := config.Load(config.Dir)
-	var adc ad.Config
-	if err == nil {
-		adc, err = cfg.ADConfig(time.Now)
-	}
-	var dir *ad.Client
-	if err == nil {
-		dir, err = ad.New(adc)
-	}
+func (a *agent) connect(ctx context.Context, d *signin.Device) {
+	dir, err := a.directory()
 	if err != nil {
 		a.log.Warn("no directory: offline sign-in only", "err", err)
 		return
 	}
-
 	// The key server and its pin come from a key file not yet
 	// authenticated (it opens only after the server's answer); the
 	// keyfiles step kept only key files bound to the server that the
@@ -152,11 +138,7 @@ func (a *agent) connect(ctx context.Context, d *signin.Device, t *tpm.TPM) {
 			break
 		}
 	}
-	key, err := t.DeviceKey(ctx)
-	var c *keyserver.Client
-	if err == nil {
-		c, err = keyserver.NewClient(srv.URL, srv.PublicKey, key)
-	}
+	c, err := a.keyServer(ctx, srv)
 	if err != nil {
 		a.log.Warn("no key server: offline sign-in only", "err", err)
 		return

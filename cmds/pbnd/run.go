@@ -33,6 +33,7 @@ type config struct {
 	data, listen, tangListen, metricsListen string
 	url, db, masterKey, tlsKey, logLevel    string
 	shutdown                                time.Duration
+	maxConns                                int
 	ad                                      adFlags
 }
 
@@ -62,6 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.ad.owners, "ad-owner-groups", "", "comma-separated `groups` (SIDs or names) whose members may own devices; empty: any account")
 	fs.StringVar(&c.ad.admins, "ad-admin-groups", "", "comma-separated `groups` of administrators, also allowed to claim")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", keyserver.DefaultShutdownTimeout, "how long to wait for requests in flight when stopping")
+	fs.IntVar(&c.maxConns, "max-connections", keyserver.DefaultMaxConnections, "most TLS API `connections` open at once; clients beyond it wait")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: pbnd --data DIR [flags]\n\n"+
 			"exit codes: 0 stopped cleanly, 1 failed to start or serve, 2 bad flags\n\nflags:\n")
@@ -173,7 +175,7 @@ func serve(ctx context.Context, c *config, st *store.Store, keys *tang.Keys, log
 	ex := &exchange{}
 	ex.keys.Store(keys)
 	srv, err := keyserver.New(keyserver.Config{Store: st, Key: tlsKey, URL: url, Exchange: ex,
-		Directory: dir, Log: log, ShutdownTimeout: c.shutdown})
+		Directory: dir, Log: log, ShutdownTimeout: c.shutdown, MaxConnections: c.maxConns})
 	if err != nil {
 		return err
 	}

@@ -33,7 +33,8 @@ type config struct {
 	data, listen, tangListen, metricsListen string
 	url, db, masterKey, tlsKey, logLevel    string
 	shutdown                                time.Duration
-	maxConns                                int
+	maxConns, tangBurst                     int
+	tangRate                                float64
 	ad                                      adFlags
 }
 
@@ -63,6 +64,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.ad.owners, "ad-owner-groups", "", "comma-separated `groups` (SIDs or names) whose members may own devices; empty: any account")
 	fs.StringVar(&c.ad.admins, "ad-admin-groups", "", "comma-separated `groups` of administrators, also allowed to claim")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", keyserver.DefaultShutdownTimeout, "how long to wait for requests in flight when stopping")
+	fs.Float64Var(&c.tangRate, "tang-client-rate", tang.DefaultClientRate, "Tang exchanges per second one client address may make after its burst; 0: no limit")
+	fs.IntVar(&c.tangBurst, "tang-client-burst", tang.DefaultClientBurst, "Tang exchanges one client address may make at once")
 	fs.IntVar(&c.maxConns, "max-connections", keyserver.DefaultMaxConnections, "most TLS API `connections` open at once; clients beyond it wait")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: pbnd --data DIR [flags]\n\n"+
@@ -188,6 +191,7 @@ func serve(ctx context.Context, c *config, st *store.Store, keys *tang.Keys, log
 	fmt.Fprintf(stdout, "pbnd: serving %s, pin %s\n", url, pin)
 
 	tangHandler := tang.NewHandler(keys, log)
+	tangHandler.SetClientLimit(c.tangRate, c.tangBurst)
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	wg.Go(func() { errs <- srv.Serve(ctx, ln) })

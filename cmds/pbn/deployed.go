@@ -14,10 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/ad"
 	"github.com/pbn-project/pbn/pbn/console"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/handoff"
 	"github.com/pbn-project/pbn/pbn/keyserver"
+	"github.com/pbn-project/pbn/pbn/secret"
 	"github.com/pbn-project/pbn/pbn/signin"
 	"github.com/pbn-project/pbn/pbn/tpm"
 )
@@ -207,7 +209,30 @@ func (a *agent) signIn(ctx context.Context, d *signin.Device, account string,
 	}
 	defer pw.Wipe()
 	<-connected
-	return d.SignIn(ctx, account, pw)
+	res, err := d.SignIn(ctx, account, pw)
+	if dir, ok := d.Directory.(*ad.Client); ok && ad.NeedsNewPassword(err) && a.changesPasswords() {
+		// The directory takes the new password; the sign-in then finds
+		// the key file sealed to the old one and has the key server
+		// vouch for the new one, as after a change made elsewhere.
+		var changed secret.Bytes
+		changed, took, err = console.ChangePassword(a.con, signin.Sentence(err), max(a.cmdline.PBN.Tries, 1),
+			func(changed secret.Bytes) error { return dir.ChangePassword(ctx, account, pw, changed) })
+		a.timing.Exclude(took)
+		if err != nil {
+			return nil, err
+		}
+		defer changed.Wipe()
+		a.log.Info("password changed at the prompt", "account", account)
+		return d.SignIn(ctx, account, changed)
+	}
+	return res, err
+}
+
+// changesPasswords says whether the image's configuration names an account
+// to change expired passwords with.
+func (a *agent) changesPasswords() bool {
+	c, err := a.loadConfig()
+	return err == nil && c.ChangesPasswords()
 }
 
 func (a *agent) recover(ctx context.Context, d *signin.Device) (*signin.Result, error) {

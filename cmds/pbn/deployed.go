@@ -19,6 +19,7 @@ import (
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/handoff"
 	"github.com/pbn-project/pbn/pbn/keyserver"
+	"github.com/pbn-project/pbn/pbn/provisioning"
 	"github.com/pbn-project/pbn/pbn/secret"
 	"github.com/pbn-project/pbn/pbn/signin"
 	"github.com/pbn-project/pbn/pbn/tpm"
@@ -131,9 +132,9 @@ func (a *agent) connect(ctx context.Context, d *signin.Device) {
 	// authenticated (it opens only after the server's answer); the
 	// keyfiles step kept only key files bound to the server that the
 	// image's configuration pins (agent.trusted).
-	// TODO: an image whose configuration pins no key server still trusts
-	// whatever server a key file on the ESP names; pbnctl image build
-	// should require the pin.
+	// An image whose configuration pins no key server trusts the server
+	// a key file names; pbnctl image build refuses to build one that
+	// names a domain.
 	var srv keyfile.Server
 	for _, f := range a.files {
 		if srv = f.Header().Server; srv.URL != "" {
@@ -250,17 +251,16 @@ func (a *agent) recover(ctx context.Context, d *signin.Device) (*signin.Result, 
 	return d.Recover(ctx, k)
 }
 
-// ask reads a choice at the prompt.
-//
-// TODO: the console reads only masked input, so the account shows as
-// stars; it needs an echoed line of its own.
+// ask reads a choice at the prompt, echoed as typed: a user's number,
+// an account or R.
 func (a *agent) ask(prompt string) (string, error) {
-	b, took, err := a.con.Password(prompt)
+	t := provisioning.Terminal{Console: a.con, In: a.conIn}
+	choice, took, err := t.Account(prompt)
 	a.timing.Exclude(took)
 	if err != nil {
 		return "", err
 	}
-	return strings.TrimSpace(string(b)), nil
+	return strings.TrimSpace(choice), nil
 }
 
 // account returns the account a choice names: a user's number in the

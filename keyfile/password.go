@@ -53,8 +53,9 @@ const (
 )
 
 // Calibrate returns Argon2id parameters that take about target on this
-// machine, never below FloorArgon2. It times one pass over the default
-// memory, then two, and scales from there.
+// machine, never below FloorArgon2. It times one pass and then two over
+// the floor's memory, and scales from there to the default memory (a
+// pass's time and its page faults grow with the memory it covers).
 //
 // The first pass over fresh memory costs its page faults on top of the
 // pass itself; on machines whose page faults are slow, such as a virtual
@@ -62,16 +63,20 @@ const (
 // one), the faults are most of it. The user pays them once per
 // derivation; an attacker, who reuses memory, never does. Calibrate
 // therefore counts them once and spends the rest of target on warm
-// passes, which are what an attacker's guesses cost.
+// passes, which are what an attacker's guesses cost. The two timings
+// together cost about what one cold pass over the default memory does.
 func Calibrate(target time.Duration) Argon2Params {
-	p := Argon2Params{Time: 1, Memory: defaultArgon2Memory, Threads: uint8(min(4, runtime.NumCPU()))}
+	p := Argon2Params{Time: 1, Memory: FloorArgon2.Memory, Threads: uint8(min(4, runtime.NumCPU()))}
 	one := timeDerivation(p)
-	two := timeDerivation(Argon2Params{Time: 2, Memory: p.Memory, Threads: p.Threads})
+	p.Time = 2
+	two := timeDerivation(p)
+	scale := time.Duration(defaultArgon2Memory / FloorArgon2.Memory)
 	// A warm pass counts as an eighth of a cold one at least, so that
 	// noise in the two timings cannot make a derivation many times target.
-	warm := max(two-one, one/8, time.Millisecond)
-	faults := max(one-warm, 0)
+	warm := scale * max(two-one, one/8, time.Millisecond)
+	faults := max(scale*one-warm, 0)
 
+	p.Memory = defaultArgon2Memory
 	if passes := uint32(min(max(target-faults, 0)/warm, time.Duration(maxArgon2.Time))); passes >= FloorArgon2.Time {
 		p.Time = passes
 		return p

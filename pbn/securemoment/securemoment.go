@@ -26,6 +26,11 @@
 //     longer opens at all; StepRemoveProvisioning: it is removed from the
 //     ESP.
 //
+// The password's Argon2id derivation for step 3, the longest piece of
+// work, starts with step 1 and runs beside the two network steps; step 4
+// opens the file read back with that same derivation rather than a second
+// one, and with the TPM.
+//
 // # Power cuts
 //
 // The state of the secure moment is recorded where its steps leave it, and

@@ -64,10 +64,17 @@ const (
 // derivation; an attacker, who reuses memory, never does. Calibrate
 // therefore counts them once and spends the rest of target on warm
 // passes, which are what an attacker's guesses cost. The two timings
-// together cost about what one cold pass over the default memory does.
+// together cost about what one cold pass over the default memory does; on
+// a machine where the first alone takes target, the answer is the floor
+// and the second is not made.
 func Calibrate(target time.Duration) Argon2Params {
 	p := Argon2Params{Time: 1, Memory: FloorArgon2.Memory, Threads: uint8(min(4, runtime.NumCPU()))}
 	one := timeDerivation(p)
+	if one >= target {
+		// Even the floor's passes cost more than target: no timing
+		// of two passes can change the answer.
+		return Argon2Params{Time: FloorArgon2.Time, Memory: FloorArgon2.Memory, Threads: p.Threads}
+	}
 	p.Time = 2
 	two := timeDerivation(p)
 	scale := time.Duration(defaultArgon2Memory / FloorArgon2.Memory)

@@ -236,6 +236,11 @@ func (d *Device) Run(ctx context.Context, account string, password secret.Bytes)
 // the password typed; made ahead, it costs the user nothing when the
 // network steps take as long, and at worst what it would have cost in
 // StepMakeKeyFile. A run that fails waits for it before it returns.
+//
+// TODO: a password the directory refuses is told only once the derivation
+// ahead ends (a quarter second on a laptop, seconds under TCG); a factor
+// that owned a copy of the password could finish and wipe it on its own
+// after Run returned.
 func (r *run) deriveAhead() <-chan struct{} {
 	done := make(chan struct{})
 	go func() {

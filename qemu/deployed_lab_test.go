@@ -322,9 +322,9 @@ func resetPassword(t *testing.T, e *Enterprise, name, pw string) {
 // boot, which also reports the recovery-key use to the audit trail.
 //
 // What it does not prove: that the key server down (pbnd stopped) behaves
-// as the laptop without a network card does here (pbn/signin's tests stop
-// reaching the server on the host); that bob's removal and another user's
-// key file removed work in the guest (pbn/signin's tests).
+// as the laptop without a network card does here, or that a user removed
+// on the server loses their key file and keyslot in the guest
+// (TestUseCases does both).
 func TestDeployedLab(t *testing.T) {
 	l := deployedLaptop(t)
 	e := l.e

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -67,6 +68,7 @@ type depLaptop struct {
 	alice         string // her UPN
 	password      string // hers, as the directory has it now
 	boots         int
+	name          string // the prefix of its boots' names; "dep" when empty
 }
 
 func deployedLaptop(t testing.TB) *depLaptop {
@@ -241,7 +243,7 @@ func (l *depLaptop) laptop(t testing.TB, ctx context.Context, opts LaptopOptions
 		lab, opts.NIC = newLab(t), ""
 	}
 	l.boots++
-	name := fmt.Sprintf("dep-%d", l.boots)
+	name := fmt.Sprintf("%s-%d", cmp.Or(l.name, "dep"), l.boots)
 	opts.Kernel, opts.Initrd, opts.Disks, opts.TPMState = l.kernel, l.image, []string{l.dev.Disk}, l.dev.TPMDir
 	args := append([]string{"quiet pbn.nettimeout=3s rd.luks.uuid=" + l.dev.LUKSUUID}, extra...)
 	// A test's laptop logs its console and the agent's debug log to the
@@ -301,15 +303,7 @@ func resetPassword(t *testing.T, e *Enterprise, name, pw string) {
 	for _, u := range utf16.Encode([]rune(`"` + pw + `"`)) {
 		b = binary.LittleEndian.AppendUint16(b, u)
 	}
-	err := netns.Do(e.Lab.Name, func() error {
-		c, err := ldap.DialURL(e.DC.LDAPS(), ldap.DialWithTLSConfig(e.DC.TLSConfig()))
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		if err := c.Bind("Administrator@"+e.DC.DNSDomain, e.DC.AdminPassword); err != nil {
-			return err
-		}
+	err := asDCAdmin(e, func(c *ldap.Conn) error {
 		m := ldap.NewModifyRequest("CN="+name+",CN=Users,"+e.DC.BaseDN, nil)
 		m.Replace("unicodePwd", []string{string(b)})
 		return c.Modify(m)
@@ -328,9 +322,9 @@ func resetPassword(t *testing.T, e *Enterprise, name, pw string) {
 // boot, which also reports the recovery-key use to the audit trail.
 //
 // What it does not prove: that the key server down (pbnd stopped) behaves
-// as the laptop without a network card does here (pbn/signin's tests stop
-// reaching the server on the host); that bob's removal and another user's
-// key file removed work in the guest (pbn/signin's tests).
+// as the laptop without a network card does here, or that a user removed
+// on the server loses their key file and keyslot in the guest
+// (TestUseCases does both).
 func TestDeployedLab(t *testing.T) {
 	l := deployedLaptop(t)
 	e := l.e

@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -505,21 +504,7 @@ var (
 // server, until the test ends.
 func startRogueDHCP(t *testing.T, ctx context.Context, l *Lab) {
 	t.Helper()
-	var legit *Process
-	l.mu.Lock()
-	for _, p := range l.procs {
-		if p.Name == "dnsmasq" && !p.Exited() {
-			legit = p
-		}
-	}
-	l.mu.Unlock()
-	if legit == nil {
-		t.Fatal("the lab has no DHCP server")
-	}
-	if err := syscall.Kill(legit.Pid(), syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Kill(legit.Pid(), syscall.SIGCONT) })
+	pause(t, running(t, l, "dnsmasq"))
 
 	dnsmasq, err := lookSbin("dnsmasq")
 	if err != nil {

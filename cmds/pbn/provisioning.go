@@ -51,9 +51,18 @@ func (a *agent) provisioning(ctx context.Context) (*keyfile.KeyFile, error) {
 	case provisioning.SignedIn:
 		a.session = handoff.Session{Stage: handoff.StageSecureMoment, Online: true}
 		a.stamp("securemoment", a.entered)
-		a.say("secure moment: this computer is now %s's", describe(res.KeyFile))
+		a.say("secure moment: %s", madeFor(res.KeyFile))
 	}
 	return res.KeyFile, nil
+}
+
+// madeFor says whose the secure moment made the computer: its user's, or
+// nobody's yet when an administrator account of the package installed it.
+func madeFor(f *keyfile.KeyFile) string {
+	if f.Header().Kind == keyfile.KindAdministrator {
+		return describe(f) + " installed this computer; the first user to sign in becomes its owner"
+	}
+	return "this computer is now " + describe(f) + "'s"
 }
 
 // provisioningFile returns the provisioning key file, and whether a

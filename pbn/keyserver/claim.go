@@ -20,9 +20,10 @@ const (
 )
 
 // claim is the server's side of the secure moment: it checks the user
-// against the directory itself, checks the policy, records the owner,
-// takes the new key file's recovery key into escrow and returns the
-// user's group keys and the enterprise key.
+// against the directory itself, checks the policy, records the owner (not
+// an administrator account of the policy: see claimant), takes the new
+// key file's recovery key into escrow and returns the user's group keys
+// and the enterprise key.
 func (s *Server) claim(w http.ResponseWriter, r *http.Request, c caller) error {
 	var m claimV1
 	raw, err := readRequest(w, r, &m)
@@ -48,15 +49,7 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request, c caller) error {
 	if err != nil {
 		return err
 	}
-	if !allowed(p, id) {
-		return refuse(codeNotAllowed, "%s is in none of the groups allowed on group %q's devices",
-			id.UPN, p.Group)
-	}
-	owner, err := s.cfg.Store.AddOwner(r.Context(),
-		store.Owner{DeviceID: c.device.ID, UPN: id.UPN, SID: id.SID}, p.UsersPerDevice)
-	if errors.Is(err, store.ErrTooManyUsers) {
-		return refuse(codeTooManyUsers, "device %s has %d users already", c.device.ID, p.UsersPerDevice)
-	}
+	kind, owner, err := s.claimant(r.Context(), c, p, id)
 	if err != nil {
 		return err
 	}
@@ -66,14 +59,14 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request, c caller) error {
 		return err
 	}
 	defer wipeClaimed(ans)
-	ans.Primary, ans.Policy = owner.Primary, p
+	ans.Primary, ans.Kind, ans.Policy = owner.Primary, kind.String(), p
 	if err := s.cfg.Store.PutEscrow(r.Context(), store.Escrow{DeviceID: c.device.ID,
 		KeyFileID: keyfile.ID(m.KeyFile), UPN: id.UPN, Key: recovery}); err != nil {
 		return err
 	}
 	if err := s.record(r, c, "claim", map[string]string{"upn": id.UPN, "sid": id.SID,
 		"key_file": keyfile.ID(m.KeyFile).String(), "binding": keyfile.ID(m.Binding).String(),
-		"primary": strconv.FormatBool(owner.Primary)}); err != nil {
+		"primary": strconv.FormatBool(owner.Primary), "kind": kind.String()}); err != nil {
 		return err
 	}
 	return reply(w, ans)

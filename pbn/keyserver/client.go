@@ -213,7 +213,11 @@ type ClaimRequest struct {
 type Claim struct {
 	UPN, SID string
 	// Primary tells whether the user is the device's first user.
-	Primary    bool
+	Primary bool
+	// Kind is the kind of the user's key file: keyfile.KindUser, or
+	// KindAdministrator for an administrator account of the policy, whom
+	// the claim does not make an owner.
+	Kind       keyfile.Kind
 	Groups     []keyfile.GroupKey
 	Enterprise secret.Bytes
 	Policy     store.Policy
@@ -239,7 +243,14 @@ func (c *Client) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl := &Claim{UPN: ans.UPN, SID: ans.SID, Primary: ans.Primary,
+	kind := keyfile.KindUser
+	if ans.Kind != "" {
+		if kind, err = keyfile.ParseKind(ans.Kind); err != nil {
+			wipeClaimed(&ans)
+			return nil, fmt.Errorf("keyserver: claim: %w", err)
+		}
+	}
+	cl := &Claim{UPN: ans.UPN, SID: ans.SID, Primary: ans.Primary, Kind: kind,
 		Enterprise: ans.Enterprise, Policy: ans.Policy}
 	for _, g := range ans.Groups {
 		cl.Groups = append(cl.Groups, keyfile.GroupKey{SID: g.SID, Name: g.Name, Key: g.Key})

@@ -61,10 +61,11 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request, c caller) error 
 
 	ans := &signedInV1{v1: v1{wireV1}, UPN: id.UPN, SID: id.SID, Kind: kind.String(), Policy: p}
 	defer wipeSignedIn(ans)
+	var added *store.Owner
 	if m.NewKeyFile.isZero() {
 		err = s.checkKeyFile(ctx, c, keyfile.ID(m.KeyFile), id, kind)
 	} else {
-		err = s.newKeyFile(ctx, c, p, id, kind, keyfile.ID(m.NewKeyFile), recovery, ans)
+		added, err = s.newKeyFile(ctx, c, p, id, kind, keyfile.ID(m.NewKeyFile), recovery, ans)
 	}
 	if err != nil {
 		return err
@@ -80,7 +81,7 @@ func (s *Server) signIn(w http.ResponseWriter, r *http.Request, c caller) error 
 		ans.RecoveryKey = e.Key
 	}
 
-	if err := s.recordSignIn(r, c, &m, id); err != nil {
+	if err := s.recordSignIn(r, c, &m, id, added); err != nil {
 		return err
 	}
 	ans.Time = time.Now().UTC()
@@ -131,42 +132,45 @@ func (s *Server) checkKeyFile(ctx context.Context, c caller, kf keyfile.ID, id *
 // newKeyFile admits id to the device for a key file of their own: an
 // administrator account of the policy on any device of the group, anyone
 // else as a further user within the policy's allowed groups and users per
-// device. It escrows the new key file's recovery key and puts the user's
-// keys in ans.
+// device (addOwner), who becomes the primary user of a device that has
+// none yet (one an administrator installed). It escrows the new key
+// file's recovery key, puts the user's keys in ans and returns the owner
+// it added, nil for an administrator.
 func (s *Server) newKeyFile(ctx context.Context, c caller, p store.Policy, id *Identity,
-	kind keyfile.Kind, kf keyfile.ID, recovery secret.Bytes, ans *signedInV1) error {
+	kind keyfile.Kind, kf keyfile.ID, recovery secret.Bytes, ans *signedInV1) (*store.Owner, error) {
+	var added *store.Owner
 	if kind == notAUser {
-		if !allowed(p, id) {
-			return refuse(codeNotAllowed, "%s is in none of the groups allowed on group %q's devices",
-				id.UPN, p.Group)
-		}
-		_, err := s.cfg.Store.AddOwner(ctx, store.Owner{DeviceID: c.device.ID, UPN: id.UPN, SID: id.SID},
-			p.UsersPerDevice)
-		if errors.Is(err, store.ErrTooManyUsers) {
-			return refuse(codeTooManyUsers, "device %s has %d users already", c.device.ID, p.UsersPerDevice)
-		}
+		o, err := s.addOwner(ctx, c, p, id)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		kind = keyfile.KindUser
+		added, kind = &o, keyfile.KindUser
 	}
 	ans.Kind = kind.String()
 	if err := s.cfg.Store.PutEscrow(ctx, store.Escrow{DeviceID: c.device.ID, KeyFileID: kf,
 		UPN: id.UPN, Key: recovery}); err != nil {
-		return err
+		return nil, err
 	}
 	keys, err := s.keys(ctx, id)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ans.Groups, ans.Enterprise = keys.Groups, keys.Enterprise
-	return nil
+	return added, nil
 }
 
 // recordSignIn records the sign-in, then each recovery-key use the device
-// reports, as events of their own.
-func (s *Server) recordSignIn(r *http.Request, c caller, m *signInV1, id *Identity) error {
+// reports, as events of their own. A sign-in that added the user to the
+// device says so in its "owner" detail: "primary" for the device's first
+// user, else "added".
+func (s *Server) recordSignIn(r *http.Request, c caller, m *signInV1, id *Identity, added *store.Owner) error {
 	detail := map[string]string{"upn": id.UPN, "sid": id.SID}
+	if added != nil {
+		detail["owner"] = "added"
+		if added.Primary {
+			detail["owner"] = "primary"
+		}
+	}
 	if !m.KeyFile.isZero() {
 		detail["key_file"] = keyfile.ID(m.KeyFile).String()
 	}

@@ -185,9 +185,13 @@ type groupKeyV1 struct {
 // claimedV1 answers claimV1.
 type claimedV1 struct {
 	v1
-	UPN        string       `json:"upn"`
-	SID        string       `json:"sid"`
-	Primary    bool         `json:"primary"`
+	UPN     string `json:"upn"`
+	SID     string `json:"sid"`
+	Primary bool   `json:"primary"`
+	// Kind is the kind of key file the user gets: "user", or
+	// "administrator" for an administrator account of the policy, which
+	// the claim does not make an owner. Empty means "user".
+	Kind       string       `json:"kind,omitempty"`
 	Groups     []groupKeyV1 `json:"groups"`
 	Enterprise []byte       `json:"enterprise_key"`
 	Policy     store.Policy `json:"policy"`
@@ -197,6 +201,8 @@ func (m *claimedV1) check() error {
 	var c checks
 	c.text("upn", m.UPN, maxName, true)
 	c.text("sid", m.SID, maxName, true)
+	c.need(m.Kind == "" || m.Kind == "user" || m.Kind == "administrator",
+		"kind: %q, want user or administrator", m.Kind)
 	for _, g := range m.Groups {
 		c.text("group sid", g.SID, maxName, true)
 		c.text("group name", g.Name, maxName, false)

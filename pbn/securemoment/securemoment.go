@@ -11,7 +11,10 @@
 //  2. StepClaim: the key server verifies the user again on its own,
 //     records them as an owner of the device, keeps the new key file's
 //     recovery key in escrow and returns the group keys and the enterprise
-//     key (package pbn/keyserver).
+//     key (package pbn/keyserver). An administrator account of the
+//     device's package who installs it is not made an owner: their key
+//     file is of kind keyfile.KindAdministrator, and the first user to sign
+//     in afterwards, at the deployed stage, becomes the primary user.
 //  3. StepMakeKeyFile: the user's key file is made, with a new FDE secret,
 //     the group keys and the enterprise key, a protector of the TPM and the
 //     password together (package pbn/tpm) and a recovery protector.
@@ -368,7 +371,7 @@ func (r *run) openUser(ctx context.Context) error {
 		return err
 	}
 	h := f.Header()
-	if h.Kind != keyfile.KindUser || h.SID != r.res.Identity.SID {
+	if h.Kind != keyfile.KindUser && h.Kind != keyfile.KindAdministrator || h.SID != r.res.Identity.SID {
 		return fmt.Errorf("%s is not %s's key file", r.res.Path, r.res.Identity.SID)
 	}
 	// TODO: a whole key file that does not open with the password the
@@ -411,7 +414,7 @@ func (r *run) makeKeyFile(ctx context.Context) (bool, error) {
 	for _, g := range c.Groups {
 		ring.Groups = append(ring.Groups, keyfile.GroupKey{SID: g.SID, Name: g.Name, Key: g.Key.Clone()})
 	}
-	f, err := keyfile.New(keyfile.Header{ID: r.newID, Kind: keyfile.KindUser, DeviceID: deviceID,
+	f, err := keyfile.New(keyfile.Header{ID: r.newID, Kind: c.Kind, DeviceID: deviceID,
 		UPN: c.UPN, SID: c.SID, Server: server, OfflineLimit: c.Policy.OfflineLimit}, ring)
 	if err != nil {
 		ring.Wipe()

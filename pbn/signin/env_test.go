@@ -203,6 +203,13 @@ type testDevice struct {
 // secure moment on it.
 func (e *env) newDevice(t testing.TB, p store.Policy) *testDevice {
 	t.Helper()
+	return e.newDeviceBy(t, p, alice)
+}
+
+// newDeviceBy enrolls a device in group with policy p, and runs the
+// secure moment of account on it.
+func (e *env) newDeviceBy(t testing.TB, p store.Policy, account string) *testDevice {
+	t.Helper()
 	ctx := testContext(t)
 	if err := e.admin.SetPolicy(ctx, p); err != nil {
 		t.Fatal(err)
@@ -247,9 +254,9 @@ func (e *env) newDevice(t testing.TB, p store.Policy) *testDevice {
 	server := e.client(t, e.url, key)
 	sm := &securemoment.Device{ESP: esp, KeyDir: keyDir, Volume: vol, TPM: e.tpm, Directory: e.ad,
 		Server: server, Network: network, Argon2: keyfile.FloorArgon2}
-	res, err := sm.Run(ctx, alice, secret.Bytes(password))
+	res, err := sm.Run(ctx, account, secret.Bytes(password))
 	if err != nil {
-		t.Fatalf("alice's secure moment: %v", err)
+		t.Fatalf("%s's secure moment: %v", account, err)
 	}
 	res.KeyFile.Close()
 

@@ -55,9 +55,15 @@ func pbnDisk(t testing.TB) (initramfs.Kernel, string, string, string) {
 	return f.kernel, f.image, f.disk, f.luksUUID
 }
 
+
+// fixtureTimeout bounds making a shared fixture (the images, the
+// enterprise): a few minutes on a quiet machine, several times that on a
+// loaded one.
+const fixtureTimeout = 15 * time.Minute
+
 func makePBNFixture() error {
 	f := &pbnFixture
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), fixtureTimeout)
 	defer cancel()
 	fde := secret.Random(32)
 	kf, err := keyfile.New(keyfile.Header{ID: keyfile.NewID(), Kind: keyfile.KindUser, DeviceID: keyfile.NewID(),

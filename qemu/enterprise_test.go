@@ -54,7 +54,7 @@ func sharedEnterprise(t testing.TB) (*Enterprise, string) {
 
 func startEnterprise() error {
 	f := &entFixture
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), fixtureTimeout)
 	defer cancel()
 	var err error
 	if f.ent, f.image, err = StartWorld(ctx, "..", fixtures.dir, pbnFixture.base, Options{}); err != nil {

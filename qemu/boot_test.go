@@ -55,7 +55,6 @@ func pbnDisk(t testing.TB) (initramfs.Kernel, string, string, string) {
 	return f.kernel, f.image, f.disk, f.luksUUID
 }
 
-
 // fixtureTimeout bounds making a shared fixture (the images, the
 // enterprise): a few minutes on a quiet machine, several times that on a
 // loaded one.

@@ -298,11 +298,6 @@ func WrongPassword(err error) bool {
 func Sentence(err error) string {
 	switch {
 	case errors.Is(err, keyserver.ErrNotAllowed):
-		// TODO: the key server refuses every unlock of a group whose
-		// policy turns autoboot off, the secure moment's too (its
-		// keyslot step opens the provisioning key file), so on such a
-		// device the sign-in fails at that step; the server should
-		// allow the unlock once the device has been claimed.
 		return "This computer may not start unattended. Sign in to start it."
 	case errors.Is(err, keyserver.ErrDeviceLost), errors.Is(err, keyserver.ErrDeviceRetired),
 		errors.Is(err, keyserver.ErrBindingRevoked):

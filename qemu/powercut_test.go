@@ -98,24 +98,7 @@ func TestSecureMomentPowerCut(t *testing.T) {
 				t.Fatalf("PowerOn = %v", err)
 			}
 		}
-		switch {
-		case owned:
-			expect(t, ctx, m, finishRE)
-		case autoboot:
-			expect(t, ctx, m, countdownRE)
-			m.Console.Type("\n")
-		default:
-			expect(t, ctx, m, attendedRE)
-		}
-		if step == securemoment.StepKeyslot {
-			typeCredentials(t, ctx, m, "pcut-eve", labPassword)
-			expect(t, ctx, m, regexp.QuoteMeta("This device already has as many users as allowed."))
-		}
-		typeCredentials(t, ctx, m, account, labPassword)
-		expect(t, ctx, m, stepRE(step))
-		if err := m.PowerCut(); err != nil {
-			t.Fatal(err)
-		}
+		cutAfter(t, ctx, m, step, owned, autoboot, account)
 		on = false
 		owned = checkCut(t, ctx, e, dev, step, upn)
 
@@ -128,6 +111,8 @@ func TestSecureMomentPowerCut(t *testing.T) {
 		}
 	}
 
+	ctx, cancel = context.WithTimeout(ctx, secureMomentTimeout)
+	defer cancel()
 	if err := m.PowerOn(ctx); err != nil {
 		t.Fatalf("PowerOn = %v", err)
 	}
@@ -141,6 +126,39 @@ func TestSecureMomentPowerCut(t *testing.T) {
 	}
 	checkOwned(t, ctx, e, dev, upn)
 	checkUnlocks(t, ctx, e, dev, upn)
+}
+
+// cutAfter signs in as account at a laptop's provisioning prompt, which
+// asks to finish the job when owned and counts down to autoboot if
+// autoboot, and cuts the power when step has ended, within
+// secureMomentTimeout. At the sign-in that adds the keyslot another user
+// tries first and is refused.
+func cutAfter(t *testing.T, ctx context.Context, m *Laptop, step securemoment.Step, owned, autoboot bool,
+	account string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, secureMomentTimeout)
+	defer cancel()
+	switch {
+	case owned:
+		expect(t, ctx, m, finishRE)
+	case autoboot:
+		expect(t, ctx, m, countdownRE)
+		m.Console.Type("\n")
+	default:
+		expect(t, ctx, m, attendedRE)
+	}
+	if step == securemoment.StepKeyslot {
+		typeCredentials(t, ctx, m, "pcut-eve", labPassword)
+		expect(t, ctx, m, regexp.QuoteMeta("This device already has as many users as allowed."))
+	}
+	typeCredentials(t, ctx, m, account, labPassword)
+	// The prompt again means the sign-in failed.
+	if got := expect(t, ctx, m, stepRE(step)+`|`+accountRE); got[0][0] == accountRE {
+		t.Fatalf("the sign-in failed before %s ended: %q", step, m.Console.Tail(5))
+	}
+	if err := m.PowerCut(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // checkCut checks the disk and the key server after a cut that followed

@@ -168,12 +168,17 @@ func (c *Client) call(ctx context.Context, method, path string, req any, ans ver
 // provisioning key file binding: x is the client's blinded point for
 // exchange key kid, and the server's point comes back. It returns errors
 // matching ErrDeviceLost, ErrDeviceRetired or ErrBindingRevoked when the
-// server refuses the device, and tang.ErrUnknownKey for a retired exchange
-// key. Transport wraps it for the network factor.
+// server refuses the device, ErrNotAllowed when the device's group does
+// not allow autoboot (Transport's unlocks under WithSignIn may pass), and
+// tang.ErrUnknownKey for a retired exchange key. Transport wraps it for
+// the network factor.
 func (c *Client) Unlock(ctx context.Context, binding keyfile.ID, kid string, x []byte) ([]byte, error) {
+	return c.unlock(ctx, &unlockV1{v1: v1{wireV1}, Binding: hexID(binding), KID: kid, X: x})
+}
+
+func (c *Client) unlock(ctx context.Context, m *unlockV1) ([]byte, error) {
 	var ans unlockedV1
-	err := c.call(ctx, http.MethodPost, "/v1/unlock",
-		&unlockV1{v1: v1{wireV1}, Binding: hexID(binding), KID: kid, X: x}, &ans)
+	err := c.call(ctx, http.MethodPost, "/v1/unlock", m, &ans)
 	return ans.Y, err
 }
 

@@ -28,7 +28,8 @@ var (
 	// (SignIn).
 	ErrUserRemoved = errors.New("the account is no longer a user of this device")
 	// ErrNotAllowed: the policy does not let this account claim the device
-	// (Claim).
+	// (Claim), or does not allow autoboot and no user who claimed the
+	// device is at the prompt (Unlock, Transport).
 	ErrNotAllowed = errors.New("the policy does not allow this account on this device")
 	// ErrTooManyUsers: the device has as many users as its policy allows
 	// (Claim).

@@ -36,6 +36,8 @@ var seeds = []string{
 	`{"v":1,"account":"a@b","password":"cHc=","key_file":"0123456789abcdef0123456789abcdef",` +
 		`"recovery_key":"MTIz"}`,
 	`{"v":1,"binding":"0123456789abcdef0123456789abcdef","kid":"k","x":"BAEC"}`,
+	`{"v":1,"binding":"0123456789abcdef0123456789abcdef","kid":"k","x":"BAEC","account":"a@b",` +
+		`"password":"cHc="}`,
 	`{"v":1,"policy":{"group":"g","provisioning":true,"autoboot":true,"offline_limit":0,` +
 		`"administrators":null,"pcrs":[7],"users_per_device":1,"allowed_groups":null}}`,
 	`{"v":1,"seq":1,"time":"2026-01-01T00:00:00Z","kind":"unlock","actor":"device"}`,

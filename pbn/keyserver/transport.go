@@ -79,14 +79,17 @@ func (t *Transport) ExchangeKey(ctx context.Context, h *keyfile.Header, srv keyf
 	return k, transportError(err)
 }
 
-// Exchange runs one unlock for the key file whose header is h.
+// Exchange runs one unlock for the key file whose header is h, with the
+// user at the prompt when ctx carries one (WithSignIn).
 func (t *Transport) Exchange(ctx context.Context, h *keyfile.Header, srv keyfile.Server,
 	kid string, x []byte) ([]byte, error) {
 	c, err := t.client(srv)
 	if err != nil {
 		return nil, err
 	}
-	y, err := c.Unlock(ctx, h.ID, kid, x)
+	account, password := signInOf(ctx)
+	y, err := c.unlock(ctx, &unlockV1{v1: v1{wireV1}, Binding: hexID(h.ID), KID: kid, X: x,
+		Account: account, Password: password})
 	return y, transportError(err)
 }
 

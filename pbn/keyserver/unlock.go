@@ -14,13 +14,17 @@ const PBNCurve = "P-256"
 
 // unlock runs one Tang exchange for a device's provisioning key file: the
 // device is known by its TLS key and active, the binding is its own and
-// active, the group's policy allows autoboot, and the unlock is recorded
-// with the device's address before the answer leaves.
+// active, the group's policy allows autoboot or the user at the prompt has
+// claimed the device (attended), and the unlock is recorded with the
+// device's address before the answer leaves.
 func (s *Server) unlock(w http.ResponseWriter, r *http.Request, c caller) error {
 	var m unlockV1
-	if _, err := readRequest(w, r, &m); err != nil {
+	raw, err := readRequest(w, r, &m)
+	if err != nil {
 		return err
 	}
+	defer clear(raw)
+	defer clear(m.Password)
 	binding := keyfile.ID(m.Binding)
 	if err := s.activeBinding(r, c, binding); err != nil {
 		return err
@@ -32,8 +36,13 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request, c caller) error 
 	if err != nil {
 		return err
 	}
+	detail := map[string]string{"binding": binding.String()}
 	if !p.Autoboot {
-		return refuse(codeNotAllowed, "the policy of group %q does not allow unattended boot", p.Group)
+		upn, err := s.attended(r, c, &m, p)
+		if err != nil {
+			return err
+		}
+		detail["upn"] = upn
 	}
 
 	y, err := s.cfg.Exchange.Exchange(m.KID, m.X)
@@ -43,7 +52,7 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request, c caller) error 
 	if err != nil {
 		return refuse(codeBadRequest, "exchange: %v", err)
 	}
-	if err := s.record(r, c, "unlock", map[string]string{"binding": binding.String()}); err != nil {
+	if err := s.record(r, c, "unlock", detail); err != nil {
 		return err
 	}
 	return reply(w, &unlockedV1{v1: v1{wireV1}, Y: y})

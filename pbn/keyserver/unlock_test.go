@@ -42,12 +42,18 @@ func (d *testDevice) factor() tang.Factor {
 // open opens the key file b with factor f and checks the FDE secret.
 func open(t *testing.T, b []byte, f keyfile.Factor, fde secret.Bytes) error {
 	t.Helper()
+	return openWith(t, t.Context(), b, f, fde)
+}
+
+// openWith is open under ctx.
+func openWith(t *testing.T, ctx context.Context, b []byte, f keyfile.Factor, fde secret.Bytes) error {
+	t.Helper()
 	kf, err := keyfile.Parse(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer kf.Close()
-	if err := kf.Open(t.Context(), f); err != nil {
+	if err := kf.Open(ctx, f); err != nil {
 		return err
 	}
 	if !kf.Keyring().FDE.Equal(fde) {

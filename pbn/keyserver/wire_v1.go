@@ -366,12 +366,16 @@ func (m *eventV1) check() error {
 
 // unlockV1 is one PBN-mode unlock (POST /v1/unlock): the McCallum-Relyea
 // exchange of Tang for exchange key KID with the client's blinded point X
-// (uncompressed SEC 1), for the provisioning key file Binding.
+// (uncompressed SEC 1), for the provisioning key file Binding. Account and
+// Password, both or neither, are the user's at the prompt when someone is
+// there (WithSignIn).
 type unlockV1 struct {
 	v1
-	Binding hexID  `json:"binding"`
-	KID     string `json:"kid"`
-	X       []byte `json:"x"`
+	Binding  hexID  `json:"binding"`
+	KID      string `json:"kid"`
+	X        []byte `json:"x"`
+	Account  string `json:"account,omitempty"`
+	Password []byte `json:"password,omitempty"`
 }
 
 // maxPoint bounds an uncompressed point: 133 bytes on P-521.
@@ -382,6 +386,8 @@ func (m *unlockV1) check() error {
 	c.id("binding", m.Binding)
 	c.text("kid", m.KID, maxName, true)
 	c.need(len(m.X) > 0 && len(m.X) <= maxPoint, "x: want 1 to %d bytes", maxPoint)
+	c.text("account", m.Account, maxName, len(m.Password) > 0)
+	c.bytes("password", m.Password, m.Account != "")
 	return c.err()
 }
 

@@ -22,7 +22,10 @@
 // account and password go to the secure moment (package securemoment),
 // which authenticates them against Active Directory, has the key server
 // record the ownership, stores their key file and retires the provisioning
-// key file. A wrong password is asked again within the limit of tries;
+// key file. Where the policy turns autoboot off, the key server still
+// opens the provisioning key file for the secure moment, as the user who
+// claimed the device (keyserver.WithSignIn), and for nobody unattended.
+// A wrong password is asked again within the limit of tries;
 // any other failure (a domain controller that is down, a refusal) is said
 // in a plain sentence and the prompt comes back.
 //
@@ -340,11 +343,6 @@ func WrongPassword(err error) bool {
 func Sentence(err error) string {
 	switch {
 	case errors.Is(err, keyserver.ErrNotAllowed):
-		// TODO: the key server refuses every unlock of a group whose
-		// policy turns autoboot off, the secure moment's too (its
-		// keyslot step opens the provisioning key file), so on such a
-		// device the sign-in fails at that step; the server should
-		// allow the unlock once the device has been claimed.
 		return "This computer may not start unattended. Sign in to start it."
 	case errors.Is(err, keyserver.ErrDeviceLost), errors.Is(err, keyserver.ErrDeviceRetired),
 		errors.Is(err, keyserver.ErrBindingRevoked):

@@ -567,6 +567,9 @@ func (r *run) provisioningFDE(ctx context.Context) (secret.Bytes, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.d.stepTimeout())
 	defer cancel()
+	// The user at the prompt, who claimed the device, lets the key server
+	// open it where the policy turns autoboot off.
+	ctx = keyserver.WithSignIn(ctx, r.account, r.password)
 	if err := r.prov.Open(ctx, r.d.Network); err != nil {
 		return nil, fmt.Errorf("open the provisioning key file: %w", err)
 	}

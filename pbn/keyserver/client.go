@@ -239,12 +239,18 @@ func (c *Client) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 	if err != nil {
 		return nil, err
 	}
+	return claim(&ans), nil
+}
+
+// claim is the answer of a claim, or the owner of an enrolment, as the
+// client returns it; the keys are ans's.
+func claim(ans *claimedV1) *Claim {
 	cl := &Claim{UPN: ans.UPN, SID: ans.SID, Primary: ans.Primary,
 		Enterprise: ans.Enterprise, Policy: ans.Policy}
 	for _, g := range ans.Groups {
 		cl.Groups = append(cl.Groups, keyfile.GroupKey{SID: g.SID, Name: g.Name, Key: g.Key})
 	}
-	return cl, nil
+	return cl
 }
 
 // Revoke revokes the device's binding of a provisioning key file, after
@@ -264,6 +270,9 @@ type Provisioning struct {
 	ExchangeKey tang.ExchangeKey
 	// Policy is the policy of the device's group.
 	Policy store.Policy
+	// Owner is the owner EnrollOwned named, with the keys of their key
+	// file; nil from Enroll.
+	Owner *Claim
 }
 
 // Enroll enrolls device d (its ID, hostname, group and keys) with
@@ -276,9 +285,15 @@ func (c *Client) Enroll(ctx context.Context, d store.Device, binding keyfile.ID)
 	if err != nil {
 		return nil, err
 	}
+	return provisioning(&ans)
+}
+
+// provisioning is the answer of an enrolment as the client returns it.
+func provisioning(ans *provisioningV1) (*Provisioning, error) {
 	p := &Provisioning{Server: keyfile.Server{URL: ans.URL, PublicKey: ans.ServerKey},
 		Policy: ans.Policy}
 	if len(ans.ExchangeKey) > 0 {
+		var err error
 		if p.ExchangeKey, err = tang.ParseExchangeKey(ans.ExchangeKey); err != nil {
 			return nil, fmt.Errorf("keyserver: enroll: exchange key: %w", err)
 		}

@@ -18,7 +18,9 @@
 //
 // A device that is in use already gets no provisioning key file: its user
 // is known, and EnrollDevice enrolls the device alone, for a key file made
-// for that user directly (pbnctl install).
+// for that user directly (pbnctl install). Nor does a device whose owner an
+// administrator assigned before its imaging: EnrollOwned makes the owner's
+// key file directly, for their first sign-in to seal.
 package enroll
 
 import (
@@ -121,10 +123,7 @@ func enroll(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev *Devic
 	if dev.Hostname == "" || dev.Group == "" {
 		return nil, keyfile.ID{}, errors.New("enroll: the device needs a hostname and a group")
 	}
-	log := dev.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger(*dev)
 	if dev.ID.IsZero() {
 		dev.ID = keyfile.NewID()
 	}
@@ -142,6 +141,13 @@ func enroll(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev *Devic
 	log.Info("device enrolled", "device", dev.ID.String(), "hostname", dev.Hostname,
 		"group", dev.Group, "binding", binding.String(), "server", p.Server.URL)
 	return &Enrollment{DeviceID: dev.ID, Server: p.Server, Key: key}, binding, nil
+}
+
+func logger(dev Device) *slog.Logger {
+	if dev.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return dev.Log
 }
 
 // identity reads what the server knows the device by from its TPM: the

@@ -120,27 +120,35 @@ func EnrollDevice(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev 
 // enroll enrolls the device with a new binding, which it returns, and
 // fills in dev's defaults.
 func enroll(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev *Device) (*Enrollment, keyfile.ID, error) {
-	if dev.Hostname == "" || dev.Group == "" {
-		return nil, keyfile.ID{}, errors.New("enroll: the device needs a hostname and a group")
-	}
-	log := logger(*dev)
-	if dev.ID.IsZero() {
-		dev.ID = keyfile.NewID()
-	}
-	d, key, err := identity(ctx, t)
+	d, key, err := describe(ctx, t, dev)
 	if err != nil {
 		return nil, keyfile.ID{}, err
 	}
-	d.ID, d.Hostname, d.Group = dev.ID, dev.Hostname, dev.Group
-
 	binding := keyfile.NewID()
 	p, err := admin.Enroll(ctx, d, binding)
 	if err != nil {
 		return nil, keyfile.ID{}, fmt.Errorf("enroll: device %s: %w", dev.ID, err)
 	}
-	log.Info("device enrolled", "device", dev.ID.String(), "hostname", dev.Hostname,
+	logger(*dev).Info("device enrolled", "device", dev.ID.String(), "hostname", dev.Hostname,
 		"group", dev.Group, "binding", binding.String(), "server", p.Server.URL)
 	return &Enrollment{DeviceID: dev.ID, Server: p.Server, Key: key}, binding, nil
+}
+
+// describe fills in dev's defaults and returns the device as the server
+// records it, with its TPM's device key.
+func describe(ctx context.Context, t *tpm.TPM, dev *Device) (store.Device, crypto.Signer, error) {
+	if dev.Hostname == "" || dev.Group == "" {
+		return store.Device{}, nil, errors.New("enroll: the device needs a hostname and a group")
+	}
+	if dev.ID.IsZero() {
+		dev.ID = keyfile.NewID()
+	}
+	d, key, err := identity(ctx, t)
+	if err != nil {
+		return store.Device{}, nil, err
+	}
+	d.ID, d.Hostname, d.Group = dev.ID, dev.Hostname, dev.Group
+	return d, key, nil
 }
 
 func logger(dev Device) *slog.Logger {

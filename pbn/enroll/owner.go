@@ -38,18 +38,10 @@ import (
 // ErrUnavailable) and Enroll's.
 func EnrollOwned(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev Device,
 	account string) (*keyfile.KeyFile, error) {
-	if dev.Hostname == "" || dev.Group == "" {
-		return nil, fmt.Errorf("enroll: the device needs a hostname and a group")
-	}
-	if dev.ID.IsZero() {
-		dev.ID = keyfile.NewID()
-	}
-	d, _, err := identity(ctx, t)
+	d, _, err := describe(ctx, t, &dev)
 	if err != nil {
 		return nil, err
 	}
-	d.ID, d.Hostname, d.Group = dev.ID, dev.Hostname, dev.Group
-
 	kf, rk := keyfile.NewID(), keyfile.NewRecoveryKey()
 	defer rk.Wipe()
 	digits := rk.Digits()

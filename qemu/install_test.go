@@ -178,7 +178,7 @@ func readExt4File(t *testing.T, ctx context.Context, img, name string) []byte {
 // two boots alike; pbn/signin's TestOwnerKnownInAdvance extends a PCR on
 // the host to prove the reseal.
 func TestInstallInUse(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*bootTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
 	defer cancel()
 	e, image := sharedEnterprise(t)
 	k, _, _, uuid := pbnDisk(t)

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/pbn-project/pbn/initramfs"
+	"github.com/pbn-project/pbn/pbn/config"
 )
 
 // Exit codes of pbnctl image.
@@ -49,8 +50,9 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 	compression := fl.String("compress", string(initramfs.Zstd), "compression: zstd, xz, gzip or none")
 	agent := fl.String("agent", initramfs.AgentPackage, "the Go `package` that becomes /init")
 	modules := fl.String("modules", "", "comma-separated kernel `modules` (default: the built-in list for laptops)")
-	config := fl.String("config", "", "the agent's configuration `file`, as etc/pbn/pbn.conf")
+	confFile := fl.String("config", "", "the agent's configuration `file`, as etc/pbn/pbn.conf")
 	ca := fl.String("ca", "", "the pinned CA certificates, PEM `file`, as etc/pbn/ca.pem")
+	changePassword := fl.String("ad-change-password", "", "the `file` holding the password of the configuration's ad.change_account")
 	var cmds, files multiFlag
 	fl.Var(&cmds, "cmd", "a further Go command `package` for the busybox (u-root's, say); repeatable")
 	fl.Var(&files, "file", "a host file to add, `src:dst` with dst relative to /; repeatable")
@@ -74,11 +76,18 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 	if *modules != "" {
 		cfg.Modules = strings.Split(*modules, ",")
 	}
-	if *config != "" {
-		cfg.Files = append(cfg.Files, initramfs.File{Src: *config, Dst: initramfs.ConfigDir + "/pbn.conf"})
+	if *confFile != "" {
+		if err := checkConfig(*confFile); err != nil {
+			return withCode(exitUsage, fmt.Errorf("image build: %w", err))
+		}
+		cfg.Files = append(cfg.Files, initramfs.File{Src: *confFile, Dst: initramfs.ConfigDir + "/" + config.ConfigFile})
 	}
 	if *ca != "" {
-		cfg.Files = append(cfg.Files, initramfs.File{Src: *ca, Dst: initramfs.ConfigDir + "/ca.pem"})
+		cfg.Files = append(cfg.Files, initramfs.File{Src: *ca, Dst: initramfs.ConfigDir + "/" + config.CAFile})
+	}
+	if *changePassword != "" {
+		cfg.Files = append(cfg.Files, initramfs.File{Src: *changePassword,
+			Dst: initramfs.ConfigDir + "/" + config.ChangePasswordFile})
 	}
 	for _, f := range files {
 		src, dst, ok := strings.Cut(f, ":")
@@ -115,6 +124,26 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 	}
 	if *report != "" {
 		return os.WriteFile(*report, table.Bytes(), 0o644)
+	}
+	return nil
+}
+
+// checkConfig parses the agent's configuration as the agent will, so that
+// a mistake shows at build time, not at a laptop's boot, and refuses one
+// that names a domain without pinning the key server: the agent would then
+// send users' passwords to whatever server a key file on the (unencrypted)
+// ESP names.
+func checkConfig(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	c, err := config.Parse(b)
+	if err != nil {
+		return err
+	}
+	if c.HasAD() && c.KeyServer == nil {
+		return fmt.Errorf("%s names a domain but pins no key server; add its keyserver entry (url, public_key)", path)
 	}
 	return nil
 }

@@ -178,10 +178,10 @@ func readExt4File(t *testing.T, ctx context.Context, img, name string) []byte {
 // two boots alike; pbn/signin's TestOwnerKnownInAdvance extends a PCR on
 // the host to prove the reseal.
 func TestInstallInUse(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
-	defer cancel()
 	e, image := sharedEnterprise(t)
 	k, _, _, uuid := pbnDisk(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
+	defer cancel()
 	upn, err := e.AddUser(ctx, inUseUser, inUsePassword)
 	if err != nil {
 		t.Fatal(err)

@@ -71,10 +71,10 @@ func ownerImage(t *testing.T, e *imagingLab, upn string) []byte {
 // image's configuration cannot be replaced on the network (the PXE boot
 // is not authenticated; Secure Boot would have to cover the image).
 func TestOwnerImaged(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*bootTimeout)
-	defer cancel()
 	e := sharedImagingLab(t)
 	k, _, _ := pxeBase(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*bootTimeout)
+	defer cancel()
 	upn, err := e.ent.AddUser(ctx, ownerUser, ownerPassword)
 	if err != nil {
 		t.Fatal(err)

@@ -124,6 +124,12 @@ func (e *Enterprise) startPBND(ctx context.Context, bin string) error {
 	if err := os.WriteFile(ca, e.DC.CA.PEM, 0o644); err != nil {
 		return fmt.Errorf("lab: pbnd: %w", err)
 	}
+	// The DC's Administrator looks up the owners assigned before imaging;
+	// a real enterprise gives pbnd an account that may only read users.
+	lookup := filepath.Join(dir, "lookup-password")
+	if err := os.WriteFile(lookup, []byte(e.DC.AdminPassword), 0o600); err != nil {
+		return fmt.Errorf("lab: pbnd: %w", err)
+	}
 	log, err := os.Create(filepath.Join(dir, "pbnd.log"))
 	if err != nil {
 		return fmt.Errorf("lab: pbnd: %w", err)
@@ -131,7 +137,8 @@ func (e *Enterprise) startPBND(ctx context.Context, bin string) error {
 	e.Lab.onClose(log.Close)
 	cmd := exec.Command(bin, "--data", dir, "--listen", KeyServerAddr.String(),
 		"--tang-listen", TangAddr.String(), "--url", e.KeyServer,
-		"--ad-domain", e.DC.DNSDomain, "--ad-dc", e.DC.LDAPS(), "--ad-ca", ca)
+		"--ad-domain", e.DC.DNSDomain, "--ad-dc", e.DC.LDAPS(), "--ad-ca", ca,
+		"--ad-lookup-account", "Administrator@"+e.DC.DNSDomain, "--ad-lookup-password-file", lookup)
 	cmd.Stdout, cmd.Stderr = log, log
 	p, err := e.Lab.Start("pbnd", cmd)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/config"
 	"github.com/pbn-project/pbn/pbn/disk"
+	"github.com/pbn-project/pbn/pbn/keyserver"
 	"github.com/pbn-project/pbn/pbn/secret"
 )
 
@@ -164,17 +166,22 @@ func readExt4File(t *testing.T, ctx context.Context, img, name string) []byte {
 // server. Then the disk holds the user's key file and its tagged keyslot,
 // the passphrase still opens the volume, the key server records the user
 // as the device's owner, and the laptop boots through PBN with the image
-// install put in place of the initramfs.
+// install put in place of the initramfs: the user signs in there, online,
+// and the tiny OS boots. Afterwards the ESP holds her key file alone, sealed
+// to the TPM (again, through the escrowed recovery key, when the TPM
+// refused this boot's PCRs: the audit trail then says so), and the volume
+// still has the passphrase's keyslot and hers, tagged.
 //
-// It does not prove that the user's key file opens at that boot: the
-// agent has no TPM unlocker yet, and the PCRs it would be sealed against
-// differ between the two boots' initramfs images where the firmware
-// measures them (see the TODO at the expectation).
+// It does not prove that a firmware which measures the initramfs (PCR 9
+// with an EFI stub, PCR 4 with a unified kernel image) makes the TPM
+// refuse the first PBN boot: the lab's SeaBIOS direct boot may measure the
+// two boots alike; pbn/signin's TestOwnerKnownInAdvance extends a PCR on
+// the host to prove the reseal.
 func TestInstallInUse(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*bootTimeout)
-	defer cancel()
 	e, image := sharedEnterprise(t)
 	k, _, _, uuid := pbnDisk(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
+	defer cancel()
 	upn, err := e.AddUser(ctx, inUseUser, inUsePassword)
 	if err != nil {
 		t.Fatal(err)
@@ -260,17 +267,52 @@ func TestInstallInUse(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Laptop = %v", err)
 	}
-	// The deployed stage lists carol. TODO: sign her in and reach the
-	// tiny OS; her key file is sealed to the PCRs of the boot that ran
-	// install, and whether this boot's match depends on what the firmware
-	// measures of a directly booted initramfs.
-	got = expect(t, ctx, p, `pbn: keyfiles: (\d+) on (\S+)`, usersRE, `  1\. `+regexp.QuoteMeta(upn)+`\n`)
+	// The deployed stage lists carol; she signs in online, and her key
+	// file, sealed at the boot that ran install, opens or is sealed again
+	// to this boot.
+	got = expect(t, ctx, p, `pbn: keyfiles: (\d+) on (\S+)`, usersRE, `  1\. `+regexp.QuoteMeta(upn)+`\n`,
+		signInRE)
 	if got[0][1] != "1" {
 		t.Errorf("the agent found %s key files, want the user's", got[0][1])
 	}
-	if err := p.PowerCut(); err != nil {
-		t.Fatalf("PowerCut = %v", err)
+	p.Console.Type("1\n")
+	expect(t, ctx, p, `Password for `+regexp.QuoteMeta(upn)+`: `)
+	p.Console.Type(inUsePassword + "\n")
+	expect(t, ctx, p, `pbn: signed in as `+regexp.QuoteMeta(upn)+` \(confirmed online\)`, tinyOSRE)
+	if err := p.Wait(ctx); err != nil {
+		t.Errorf("Wait = %v, want the tiny OS to power off", err)
 	}
+	p.PowerCut() // the swtpm, which outlives QEMU
+	checkFirstPBNBoot(t, ctx, e, laptopDisk, kf, spec)
+}
+
+// checkFirstPBNBoot checks the installed laptop's disk after its user's
+// first sign-in through PBN: her key file is still the ESP's only one and
+// the volume's tags unchanged (checkInstalledDisk); the key file has a TPM
+// and password protector; and it is a later generation exactly when the
+// key server handed its escrowed recovery key because the TPM refused.
+func checkFirstPBNBoot(t *testing.T, ctx context.Context, e *Enterprise, img string, before *keyfile.KeyFile,
+	spec DiskSpec) {
+	t.Helper()
+	h := before.Header()
+	after := checkInstalledDisk(t, ctx, img, path.Join(disk.KeyDir, h.SID+keyfile.Ext), spec)
+	if after.Header().ID != h.ID {
+		t.Errorf("key file %s after the first PBN boot, want %s", after.Header().ID, h.ID)
+	}
+	if !slices.ContainsFunc(after.Protectors(), func(p keyfile.ProtectorInfo) bool {
+		return slices.Contains(p.Factors, keyfile.FactorTPM) && slices.Contains(p.Factors, keyfile.FactorPassword)
+	}) {
+		t.Errorf("key file protectors %+v, want a TPM and password protector", after.Protectors())
+	}
+	resealed := false
+	for _, ev := range events(t, ctx, e, &Device{ID: h.DeviceID}, "signin") {
+		resealed = resealed || ev.Detail["reason"] == keyserver.ResealTPMRefused
+	}
+	if g, was := after.Header().Generation, h.Generation; (g > was) != resealed {
+		t.Errorf("key file generation %d after the first PBN boot (%d before), sealed again for the TPM: %v; "+
+			"want a later generation exactly when resealed", g, was, resealed)
+	}
+	t.Logf("first PBN boot: the TPM refused the key file's PCRs and it was sealed again: %v", resealed)
 }
 
 // checkInstalledDisk checks the laptop's disk after install: the key file

@@ -40,12 +40,16 @@ const recoveryChoice = "r"
 const promptsPerTry = 4
 
 // deployable reports whether any whole user or administrator key file
-// sealed to a TPM is among files: then the deployed stage signs the user
-// in. Key files with a password alone open at the password prompt.
+// sealed to a TPM, or awaiting its owner's first sign-in, is among files:
+// then the deployed stage signs the user in. Key files with a password
+// alone open at the password prompt.
 func deployable(files []*keyfile.KeyFile) bool {
 	for _, f := range files {
 		if k := f.Header().Kind; k != keyfile.KindUser && k != keyfile.KindAdministrator {
 			continue
+		}
+		if signin.AwaitsFirstSignIn(f) {
+			return true
 		}
 		for _, p := range f.Protectors() {
 			if slices.Contains(p.Factors, keyfile.FactorTPM) {

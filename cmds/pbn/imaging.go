@@ -374,9 +374,11 @@ func writeSynced(path string, b []byte) error {
 }
 
 // enroll enrolls the device with the key server, gives the LUKS2 volume
-// the provisioning key file's FDE secret in place of the setup secret,
-// and writes the key file on the ESP: the last write, which marks the
-// imaging finished.
+// the FDE secret of its key file in place of the setup secret, and writes
+// the key file on the ESP: the last write, which marks the imaging
+// finished. The key file is the provisioning key file, or the owner's
+// when the configuration names one (enroll.EnrollOwned says what
+// protects it until their first sign-in).
 //
 // TODO: an imaging cut off after the enrolment and before the key file is
 // written enrolls the device again when it starts over, and leaves the
@@ -402,21 +404,26 @@ func (m *imager) enroll(ctx context.Context) error {
 	if err := mountESPWritable(m.esp.Path); err != nil {
 		return err
 	}
+	h := f.Header()
+	name, what := provisioningKF, "provisioning key file"
+	if h.Kind != keyfile.KindProvisioning {
+		name, what = h.SID+keyfile.Ext, "key file of "+h.UPN
+	}
 	dir := filepath.Join(espMount, disk.KeyDir)
 	err = os.MkdirAll(dir, 0o700)
 	if err == nil {
-		err = keyfile.Replace(keyfile.OSFS{}, filepath.Join(dir, provisioningKF), f)
+		err = keyfile.Replace(keyfile.OSFS{}, filepath.Join(dir, name), f)
 	}
 	if err = errors.Join(err, unmount(espMount)); err != nil {
-		return fmt.Errorf("imaging: provisioning key file: %w", err)
+		return fmt.Errorf("imaging: %s: %w", what, err)
 	}
-	m.a.say("imaging: enrolled as device %s; provisioning key file %s written", f.Header().DeviceID,
-		f.Header().ID)
+	m.a.say("imaging: enrolled as device %s; %s %s written", h.DeviceID, what, h.ID)
 	return nil
 }
 
 // enrolled enrolls the device through the administrator's file in the
-// image, with its TPM, and returns the provisioning key file, open.
+// image, with its TPM, and returns its key file, open: the provisioning
+// key file, or the owner's when the configuration names one.
 func (m *imager) enrolled(ctx context.Context) (*keyfile.KeyFile, error) {
 	admin, err := keyserver.ReadAdminFile(filepath.Join(config.Dir, config.ImagingAdminFile))
 	if err != nil {
@@ -432,8 +439,12 @@ func (m *imager) enrolled(ctx context.Context) (*keyfile.KeyFile, error) {
 	}
 	defer t.Close()
 	id := keyfile.NewID()
-	return enroll.Enroll(ctx, t, client, enroll.Device{ID: id, Hostname: "pbn-" + id.String()[:8],
-		Group: cmp.Or(m.cfg.Imaging.Group, config.DefaultImagingGroup), Log: m.a.log})
+	dev := enroll.Device{ID: id, Hostname: "pbn-" + id.String()[:8],
+		Group: cmp.Or(m.cfg.Imaging.Group, config.DefaultImagingGroup), Log: m.a.log}
+	if owner := m.cfg.Imaging.Owner; owner != "" {
+		return enroll.EnrollOwned(ctx, t, client, dev, owner)
+	}
+	return enroll.Enroll(ctx, t, client, dev)
 }
 
 // mountESPWritable mounts the ESP read-write at espMount.

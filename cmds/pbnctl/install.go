@@ -232,13 +232,15 @@ func (f *installFlags) secureMoment(ctx context.Context, io stdio, t *tpm.TPM, d
 		Directory: dir, Server: server, Logger: io.log,
 		Argon2:   keyfile.Calibrate(f.argon2Target),
 		Existing: &securemoment.Existing{Key: passphrase, DeviceID: e.DeviceID, Server: e.Server}}
-	// TODO: the key file is sealed to the PCRs of this boot, the OS's;
-	// the boots through PBN measure another initramfs where the firmware
-	// measures it (PCR 9 with systemd-stub, or PCR 4 with a unified
-	// kernel image), so the TPM refuses them until the key file is
-	// resealed there (pbnctl tpm reseal, or a reseal at the first PBN
-	// boot with the password). Predicting the PBN boot's PCRs from the
-	// image would spare that.
+	// The key file is sealed to the PCRs of this boot, the OS's; the
+	// boots through PBN measure another initramfs where the firmware
+	// measures it (PCR 9 with an EFI stub, or PCR 4 with a unified kernel
+	// image), so the TPM may refuse the first of them. The user's first
+	// online sign-in there seals it again to that boot (pbn/signin's
+	// reseal path, through the recovery key escrowed here).
+	// TODO: predict the PBN boot's PCRs from the firmware's event log
+	// and the image, so that the first PBN boot opens offline too; until
+	// then it needs the enterprise network (or the recovery key).
 	if s.res, err = d.Run(ctx, account, password); err != nil {
 		var ae *ad.Error
 		if errors.As(err, &ae) {

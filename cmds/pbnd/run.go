@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -41,6 +42,7 @@ type config struct {
 // adFlags say which Active Directory domain checks claims.
 type adFlags struct {
 	domain, dcs, ca, owners, admins string
+	lookup, lookupPassword          string
 	ldaps                           bool
 }
 
@@ -63,6 +65,10 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.ad.ldaps, "ad-ldaps", false, "reach domain controllers found in DNS by LDAPS on port 636")
 	fs.StringVar(&c.ad.owners, "ad-owner-groups", "", "comma-separated `groups` (SIDs or names) whose members may own devices; empty: any account")
 	fs.StringVar(&c.ad.admins, "ad-admin-groups", "", "comma-separated `groups` of administrators, also allowed to claim")
+	fs.StringVar(&c.ad.lookup, "ad-lookup-account", "", "`account` that looks up the owners administrators "+
+		"assign before imaging (any account that may read users); empty: owners cannot be assigned")
+	fs.StringVar(&c.ad.lookupPassword, "ad-lookup-password-file", "", "`file` of --ad-lookup-account's "+
+		"password, all its bytes but a final newline")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", keyserver.DefaultShutdownTimeout, "how long to wait for requests in flight when stopping")
 	fs.Float64Var(&c.tangRate, "tang-client-rate", tang.DefaultClientRate, "Tang exchanges per second one client address may make after its burst; 0: no limit")
 	fs.IntVar(&c.tangBurst, "tang-client-burst", tang.DefaultClientBurst, "Tang exchanges one client address may make at once")
@@ -340,8 +346,17 @@ func (f adFlags) directory(log *slog.Logger) (keyserver.Directory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--ad-ca: %w", err)
 	}
-	c, err := ad.New(ad.Config{Domain: f.domain, DCs: list(f.dcs), LDAPS: f.ldaps, CA: ca,
-		OwnerGroups: list(f.owners), AdminGroups: list(f.admins), Logger: log})
+	cfg := ad.Config{Domain: f.domain, DCs: list(f.dcs), LDAPS: f.ldaps, CA: ca,
+		OwnerGroups: list(f.owners), AdminGroups: list(f.admins), Logger: log}
+	if f.lookup != "" {
+		pw, err := os.ReadFile(f.lookupPassword)
+		if err != nil {
+			return nil, fmt.Errorf("--ad-lookup-password-file: %w", err)
+		}
+		cfg.LookupAccount = f.lookup
+		cfg.LookupAccountPassword = secret.Bytes(bytes.TrimSuffix(pw, []byte("\n")))
+	}
+	c, err := ad.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("--ad-*: %w", err)
 	}

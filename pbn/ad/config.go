@@ -57,6 +57,15 @@ type Config struct {
 	ChangeAccount         string
 	ChangeAccountPassword secret.Bytes
 
+	// LookupAccount and LookupAccountPassword are an account used only
+	// to look other accounts up without their password (Lookup), as the
+	// key server does when an administrator names a device's owner
+	// before its imaging. Any authenticated account may read user
+	// objects in a default AD; it needs no other right. Optional;
+	// without it Lookup fails with LookupUnavailable.
+	LookupAccount         string
+	LookupAccountPassword secret.Bytes
+
 	// Timeouts bound the network steps; zero fields take the defaults.
 	Timeouts Timeouts
 	// Resolver looks up DC names and SRV records. Default: net.DefaultResolver.

@@ -55,6 +55,9 @@ const (
 	// ChangeUnavailable: the configuration has no account to carry a
 	// password change.
 	ChangeUnavailable
+	// LookupUnavailable: the configuration has no account to look
+	// accounts up with (Lookup).
+	LookupUnavailable
 )
 
 var reasons = [...]struct{ text, sentence string }{
@@ -91,6 +94,8 @@ var reasons = [...]struct{ text, sentence string }{
 		"The domain does not accept that new password. Choose a longer one you have not used before."},
 	ChangeUnavailable: {"password change not configured",
 		"Your password cannot be changed here. Change it on another computer, then sign in again."},
+	LookupUnavailable: {"account lookup not configured",
+		"Accounts cannot be looked up here. Ask your IT help desk."},
 }
 
 // String returns a short lowercase description, for logs and errors.

@@ -58,6 +58,15 @@ type Imaging struct {
 	// Group is the device group on the key server whose policy applies to
 	// the devices imaged; empty means DefaultImagingGroup.
 	Group string `json:"group,omitempty"`
+	// Owner is the account an administrator assigned as the owner of the
+	// devices this image images, before their imaging: the key server
+	// looks it up in the directory, and imaging writes the owner's key
+	// file instead of a provisioning key file (enroll.EnrollOwned). Empty
+	// means the owner is not known in advance: the provisioning stage's
+	// secure moment makes them one. It is the image's, not the kernel
+	// command line's, because a network boot is not authenticated: a
+	// rogue PXE server could name anyone.
+	Owner string `json:"owner,omitempty"`
 	// Overwrite allows imaging a disk that holds data: a partition table,
 	// a file system or a LUKS header, or a finished PBN installation.
 	// Without it such a disk is left alone.
@@ -78,6 +87,9 @@ func (m *Imaging) check() error {
 	}
 	if len(m.Group) > 64 || strings.ContainsFunc(m.Group, unicode.IsControl) {
 		return fmt.Errorf("imaging: group %q, want at most 64 characters without control characters", m.Group)
+	}
+	if len(m.Owner) > 256 || strings.ContainsFunc(m.Owner, unicode.IsControl) {
+		return fmt.Errorf("imaging: owner %q, want at most 256 characters without control characters", m.Owner)
 	}
 	if m.Disk != "" && (!strings.HasPrefix(m.Disk, "/dev/") || strings.Contains(m.Disk, "..")) {
 		return fmt.Errorf("imaging: disk %q, want a /dev path", m.Disk)

@@ -18,7 +18,9 @@
 //
 // A device that is in use already gets no provisioning key file: its user
 // is known, and EnrollDevice enrolls the device alone, for a key file made
-// for that user directly (pbnctl install).
+// for that user directly (pbnctl install). Nor does a device whose owner an
+// administrator assigned before its imaging: EnrollOwned makes the owner's
+// key file directly, for their first sign-in to seal.
 package enroll
 
 import (
@@ -118,30 +120,42 @@ func EnrollDevice(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev 
 // enroll enrolls the device with a new binding, which it returns, and
 // fills in dev's defaults.
 func enroll(ctx context.Context, t *tpm.TPM, admin *keyserver.Client, dev *Device) (*Enrollment, keyfile.ID, error) {
-	if dev.Hostname == "" || dev.Group == "" {
-		return nil, keyfile.ID{}, errors.New("enroll: the device needs a hostname and a group")
+	d, key, err := describe(ctx, t, dev)
+	if err != nil {
+		return nil, keyfile.ID{}, err
 	}
-	log := dev.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	binding := keyfile.NewID()
+	p, err := admin.Enroll(ctx, d, binding)
+	if err != nil {
+		return nil, keyfile.ID{}, fmt.Errorf("enroll: device %s: %w", dev.ID, err)
+	}
+	logger(*dev).Info("device enrolled", "device", dev.ID.String(), "hostname", dev.Hostname,
+		"group", dev.Group, "binding", binding.String(), "server", p.Server.URL)
+	return &Enrollment{DeviceID: dev.ID, Server: p.Server, Key: key}, binding, nil
+}
+
+// describe fills in dev's defaults and returns the device as the server
+// records it, with its TPM's device key.
+func describe(ctx context.Context, t *tpm.TPM, dev *Device) (store.Device, crypto.Signer, error) {
+	if dev.Hostname == "" || dev.Group == "" {
+		return store.Device{}, nil, errors.New("enroll: the device needs a hostname and a group")
 	}
 	if dev.ID.IsZero() {
 		dev.ID = keyfile.NewID()
 	}
 	d, key, err := identity(ctx, t)
 	if err != nil {
-		return nil, keyfile.ID{}, err
+		return store.Device{}, nil, err
 	}
 	d.ID, d.Hostname, d.Group = dev.ID, dev.Hostname, dev.Group
+	return d, key, nil
+}
 
-	binding := keyfile.NewID()
-	p, err := admin.Enroll(ctx, d, binding)
-	if err != nil {
-		return nil, keyfile.ID{}, fmt.Errorf("enroll: device %s: %w", dev.ID, err)
+func logger(dev Device) *slog.Logger {
+	if dev.Log == nil {
+		return slog.New(slog.DiscardHandler)
 	}
-	log.Info("device enrolled", "device", dev.ID.String(), "hostname", dev.Hostname,
-		"group", dev.Group, "binding", binding.String(), "server", p.Server.URL)
-	return &Enrollment{DeviceID: dev.ID, Server: p.Server, Key: key}, binding, nil
+	return dev.Log
 }
 
 // identity reads what the server knows the device by from its TPM: the

@@ -248,10 +248,17 @@ func (c *Client) Claim(ctx context.Context, req ClaimRequest) (*Claim, error) {
 	if err != nil {
 		return nil, err
 	}
+	return claim(&ans)
+}
+
+// claim is the answer of a claim, or the owner of an enrolment, as the
+// client returns it; the keys are ans's.
+func claim(ans *claimedV1) (*Claim, error) {
 	kind := keyfile.KindUser
 	if ans.Kind != "" {
+		var err error
 		if kind, err = keyfile.ParseKind(ans.Kind); err != nil {
-			wipeClaimed(&ans)
+			wipeClaimed(ans)
 			return nil, fmt.Errorf("keyserver: claim: %w", err)
 		}
 	}
@@ -280,6 +287,9 @@ type Provisioning struct {
 	ExchangeKey tang.ExchangeKey
 	// Policy is the policy of the device's group.
 	Policy store.Policy
+	// Owner is the owner EnrollOwned named, with the keys of their key
+	// file; nil from Enroll.
+	Owner *Claim
 }
 
 // Enroll enrolls device d (its ID, hostname, group and keys) with
@@ -292,9 +302,15 @@ func (c *Client) Enroll(ctx context.Context, d store.Device, binding keyfile.ID)
 	if err != nil {
 		return nil, err
 	}
+	return provisioning(&ans)
+}
+
+// provisioning is the answer of an enrolment as the client returns it.
+func provisioning(ans *provisioningV1) (*Provisioning, error) {
 	p := &Provisioning{Server: keyfile.Server{URL: ans.URL, PublicKey: ans.ServerKey},
 		Policy: ans.Policy}
 	if len(ans.ExchangeKey) > 0 {
+		var err error
 		if p.ExchangeKey, err = tang.ParseExchangeKey(ans.ExchangeKey); err != nil {
 			return nil, fmt.Errorf("keyserver: enroll: exchange key: %w", err)
 		}

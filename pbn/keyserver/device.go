@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/secret"
 	"github.com/pbn-project/pbn/pbn/store"
 	"github.com/pbn-project/pbn/pbn/tang"
 )
@@ -22,12 +23,19 @@ type Exchanger interface {
 	Exchange(kid string, x []byte) ([]byte, error)
 }
 
-// enroll records a device at imaging and binds its provisioning key file.
+// enroll records a device at imaging and binds its provisioning key file,
+// or, when the administrator named its owner, records the owner and
+// escrows the recovery key of the key file imaging makes for them
+// (enrollOwned).
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request, c caller) error {
 	var m enrollV1
-	if _, err := readRequest(w, r, &m); err != nil {
+	raw, err := readRequest(w, r, &m)
+	if err != nil {
 		return err
 	}
+	defer clear(raw)
+	recovery := secret.Bytes(m.RecoveryKey)
+	defer recovery.Wipe()
 	ctx := r.Context()
 	if _, err := s.cfg.Store.Binding(ctx, keyfile.ID(m.Binding)); err == nil {
 		return refuse(codeBadRequest, "key file %s is bound already", keyfile.ID(m.Binding))
@@ -36,6 +44,12 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request, c caller) error 
 	if err != nil {
 		return err
 	}
+	var owner *Identity
+	if m.Owner != "" {
+		if owner, err = s.lookupOwner(ctx, p, m.Owner); err != nil {
+			return err
+		}
+	}
 
 	d := store.Device{ID: keyfile.ID(m.Device), Hostname: m.Hostname, Group: m.Group,
 		EK: m.EK, SRK: m.SRK, Key: m.DeviceKey}
@@ -43,18 +57,28 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request, c caller) error 
 	if errors.Is(err, store.ErrDeviceLost) {
 		return refuse(codeDeviceLost, "device %s is marked lost; retire it before enrolling it again", d.ID)
 	}
-	if err == nil {
+	ans := &provisioningV1{v1: v1{wireV1}, URL: s.cfg.URL, ServerKey: s.pub,
+		ExchangeKey: s.pbnExchangeKey(), Policy: p}
+	detail := map[string]string{"device": d.ID.String(), "hostname": d.Hostname, "group": d.Group}
+	switch {
+	case err != nil:
+	case owner == nil:
 		err = s.cfg.Store.AddBinding(ctx, keyfile.ID(m.Binding), d.ID)
+		detail["binding"] = keyfile.ID(m.Binding).String()
+	default:
+		ans.Owner, err = s.assignOwner(ctx, d, p, owner, keyfile.ID(m.OwnerKeyFile), recovery)
+		detail["owner"], detail["key_file"] = owner.UPN, keyfile.ID(m.OwnerKeyFile).String()
+	}
+	if ans.Owner != nil {
+		defer wipeClaimed(ans.Owner)
 	}
 	if err == nil {
-		err = s.record(r, c, "enroll", map[string]string{"device": d.ID.String(),
-			"hostname": d.Hostname, "group": d.Group, "binding": keyfile.ID(m.Binding).String()})
+		err = s.record(r, c, "enroll", detail)
 	}
 	if err != nil {
 		return err
 	}
-	return reply(w, &provisioningV1{v1: v1{wireV1}, URL: s.cfg.URL, ServerKey: s.pub,
-		ExchangeKey: s.pbnExchangeKey(), Policy: p})
+	return reply(w, ans)
 }
 
 // pbnExchangeKey returns the P-256 exchange key as a JWK, or nothing when

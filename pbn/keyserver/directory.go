@@ -28,9 +28,14 @@ func (d adDirectory) Login(ctx context.Context, account string, password secret.
 	if err != nil {
 		return nil, err
 	}
+	return identityOf(id), nil
+}
+
+// identityOf is the directory's identity as the server records it.
+func identityOf(id *ad.Identity) *Identity {
 	out := &Identity{UPN: id.UPN, SID: id.SID}
 	for _, g := range id.Groups {
 		out.Groups = append(out.Groups, Group{SID: g.SID, Name: g.Name})
 	}
-	return out, nil
+	return out
 }

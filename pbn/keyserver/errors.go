@@ -37,6 +37,9 @@ var (
 	// ErrNotFound: no such device or binding (administrator methods,
 	// Revoke).
 	ErrNotFound = errors.New("no such device or binding")
+	// ErrUnknownAccount: the directory has no account of that name that
+	// may sign in, so it cannot own a device (Enroll with an owner).
+	ErrUnknownAccount = errors.New("the directory has no such account that may sign in")
 	// ErrUnavailable: the server cannot reach what it needs (the
 	// directory, its database); try again later (any method).
 	ErrUnavailable = errors.New("the key server is unavailable")
@@ -67,6 +70,7 @@ var (
 	codeUserRemoved    = code{"user-removed", http.StatusForbidden, ErrUserRemoved}
 	codeTooManyUsers   = code{"too-many-users", http.StatusForbidden, ErrTooManyUsers}
 	codeNotFound       = code{"not-found", http.StatusNotFound, ErrNotFound}
+	codeUnknownAccount = code{"unknown-account", http.StatusNotFound, ErrUnknownAccount}
 	// codeUnknownExchangeKey is tang's ErrUnknownKey: the key was retired.
 	codeUnknownExchangeKey = code{"unknown-exchange-key", http.StatusNotFound, tang.ErrUnknownKey}
 	codeUnavailable        = code{"unavailable", http.StatusServiceUnavailable, ErrUnavailable}
@@ -76,7 +80,7 @@ var (
 var codes = []code{
 	codeBadRequest, codeTooLarge, codeUnknownKey, codeDeviceLost, codeDeviceRetired,
 	codeBindingRevoked, codeLoginRefused, codeNotAllowed, codeUserRemoved, codeTooManyUsers, codeNotFound,
-	codeUnknownExchangeKey, codeUnavailable, codeInternal,
+	codeUnknownAccount, codeUnknownExchangeKey, codeUnavailable, codeInternal,
 }
 
 // refusal is a handler's error that becomes an error answer. Its message
@@ -131,6 +135,8 @@ func Sentence(err error) string {
 		return "Your account is no longer a user of this device. Contact the help desk."
 	case errors.Is(err, ErrTooManyUsers):
 		return "This device already has as many users as allowed. Contact the help desk."
+	case errors.Is(err, ErrUnknownAccount):
+		return "The account named as this device's owner does not exist. Contact the help desk."
 	case errors.Is(err, ErrServerNotPinned), errors.Is(err, ErrUnknownKey):
 		return "The enterprise key server could not be verified. Contact the help desk."
 	}

@@ -54,6 +54,17 @@ var seeds = []string{
 		`"administrators":null,"pcrs":[7],"users_per_device":1,"allowed_groups":null},` +
 		`"recovery_key":"MTIz"}`,
 	`{"v":1,"sid":"S-1-5-21-1-2-3-1","reason":"left"}`,
+	`{"v":1,"device":"0123456789abcdef0123456789abcdef","hostname":"h","group":"g",` +
+		`"device_key":"AQID","owner":"a@b","owner_key_file":"0123456789abcdef0123456789abcdef",` +
+		`"recovery_key":"MTIz"}`,
+	`{"v":1,"url":"https://k","server_key":"AQID","policy":{"group":"g","provisioning":true,` +
+		`"autoboot":true,"offline_limit":0,"administrators":null,"pcrs":[7],"users_per_device":1,` +
+		`"allowed_groups":null},"owner":{"v":1,"upn":"a@b","sid":"S-1-5-21-1-2-3-1","primary":true,` +
+		`"groups":[{"sid":"S-1-5-21-1-2-3-513","name":"g","key":"AQID"}],"enterprise_key":"AQID",` +
+		`"policy":{"group":"g","provisioning":true,"autoboot":true,"offline_limit":0,` +
+		`"administrators":null,"pcrs":[7],"users_per_device":1,"allowed_groups":null}}}`,
+	`{"v":1,"account":"a@b","password":"cHc=","key_file":"0123456789abcdef0123456789abcdef",` +
+		`"open":"0123456789abcdef0123456789abcdef","reason":"first-sign-in"}`,
 	`{"v":2}`, `{"v":1}{}`, `[]`, `{"v":1,"x":"` + "\xff" + `"}`,
 }
 

@@ -22,8 +22,9 @@ import (
 // the policy, whose offline limit the device applies from then on.
 //
 // On request it also hands out an escrowed recovery key of one of the
-// device's key files: the user's own, to re-protect it with a password
-// changed in the directory, or another user's, so that the device can
+// device's key files: the user's own, to seal it again to the TPM and the
+// password when its own protector does not open (a Reseal reason, which
+// the audit trail records), or another user's, so that the device can
 // authorize the keyslot of a key file it makes for this user. Either way
 // the device is trusted to use it for that alone, on the strength of its
 // TPM's key and the user's password, both checked here.
@@ -180,6 +181,9 @@ func (s *Server) recordSignIn(r *http.Request, c caller, m *signInV1, id *Identi
 	if !m.Open.isZero() {
 		detail["recovery_key_of"] = keyfile.ID(m.Open).String()
 	}
+	if m.Reason != "" {
+		detail["reason"] = m.Reason
+	}
 	if err := s.record(r, c, "signin", detail); err != nil {
 		return err
 	}
@@ -234,13 +238,33 @@ type SignInRequest struct {
 	NewKeyFile  keyfile.ID
 	RecoveryKey secret.Bytes
 	// Open asks for the escrowed recovery key of a key file of the
-	// device: KeyFile itself (to re-protect it with a password changed
-	// in the directory), or, with NewKeyFile, another one (to authorize
-	// the new key file's keyslot).
-	Open keyfile.ID
+	// device: KeyFile itself, to seal it again when its TPM and password
+	// protector does not open, for Reason (one of the Reseal reasons,
+	// required then); or, with NewKeyFile, another one (to authorize the
+	// new key file's keyslot).
+	Open   keyfile.ID
+	Reason string
 	// Recoveries are the recovery-key uses to report.
 	Recoveries []RecoveryUse
 }
+
+// The reasons a device gives for opening its user's own key file with the
+// escrowed recovery key (SignInRequest.Reason), recorded in the audit
+// trail.
+const (
+	// ResealPasswordChanged: the password was changed in the directory,
+	// so the key file's password factor has the old one.
+	ResealPasswordChanged = "password-changed"
+	// ResealFirstSignIn: the key file was made for its owner at imaging,
+	// with no protector of their password yet.
+	ResealFirstSignIn = "first-sign-in"
+	// ResealTPMRefused: the TPM refused the key file's policy, because
+	// this boot measured otherwise than the one it was sealed in (the
+	// first PBN boot after pbnctl install, a firmware or kernel update).
+	ResealTPMRefused = "tpm-refused"
+)
+
+var resealReasons = []string{ResealPasswordChanged, ResealFirstSignIn, ResealTPMRefused}
 
 // RecoveryUse is one use of a key file's recovery key at the prompt.
 type RecoveryUse struct {
@@ -283,7 +307,7 @@ func (s *SignIn) Wipe() {
 func (c *Client) SignIn(ctx context.Context, req SignInRequest) (*SignIn, error) {
 	m := &signInV1{v1: v1{wireV1}, Account: req.Account, Password: req.Password,
 		KeyFile: hexID(req.KeyFile), NewKeyFile: hexID(req.NewKeyFile), RecoveryKey: req.RecoveryKey,
-		Open: hexID(req.Open)}
+		Open: hexID(req.Open), Reason: req.Reason}
 	for _, u := range req.Recoveries {
 		m.Recoveries = append(m.Recoveries, recoveryUseV1{hexID(u.KeyFile), u.At.UTC()})
 	}

@@ -49,7 +49,8 @@ func TestSignIn(t *testing.T) {
 
 	// A password changed in the directory: the device asks for her
 	// escrowed recovery key.
-	in, err = signIn(d, SignInRequest{Account: "alice@example.test", KeyFile: aliceKF, Open: aliceKF})
+	in, err = signIn(d, SignInRequest{Account: "alice@example.test", KeyFile: aliceKF, Open: aliceKF,
+		Reason: ResealPasswordChanged})
 	if err != nil || !in.RecoveryKey.Equal(secret.Bytes("recovery key of alice@example.test")) {
 		t.Errorf("SignIn(alice, open her key file) = %v, want her escrowed recovery key", err)
 	}

@@ -1,6 +1,7 @@
 package keyserver
 
 import (
+	"slices"
 	"time"
 
 	"github.com/pbn-project/pbn/pbn/store"
@@ -28,6 +29,10 @@ type signInV1 struct {
 	// changed in the directory, or another one to authorize the keyslot
 	// of NewKeyFile.
 	Open hexID `json:"open,omitzero"`
+	// Reason says why the device opens the user's own key file with its
+	// escrowed recovery key (one of the Reseal reasons); required then,
+	// and only then.
+	Reason string `json:"reason,omitempty"`
 	// Recoveries are the uses of recovery keys on the device since its
 	// last report.
 	Recoveries []recoveryUseV1 `json:"recoveries,omitempty"`
@@ -50,6 +55,10 @@ func (m *signInV1) check() error {
 	c.need(m.Open.isZero() || m.Open == m.KeyFile || !m.NewKeyFile.isZero(),
 		"open: another key file than the user's is opened only for a new one")
 	c.need(m.Open.isZero() || m.Open != m.NewKeyFile, "open: the new key file has no escrow yet")
+	own := !m.Open.isZero() && m.Open == m.KeyFile
+	c.need(own == (m.Reason != ""), "reason: wanted when the user's own key file is opened, and only then")
+	c.need(m.Reason == "" || slices.Contains(resealReasons, m.Reason), "reason: %q is not a reseal reason",
+		m.Reason)
 	c.need(len(m.Recoveries) <= maxRecoveryUses, "recoveries: more than %d", maxRecoveryUses)
 	for _, u := range m.Recoveries {
 		c.id("recoveries key_file", u.KeyFile)

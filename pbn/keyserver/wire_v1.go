@@ -115,8 +115,16 @@ type enrollV1 struct {
 	EK        []byte `json:"ek,omitempty"`
 	SRK       []byte `json:"srk,omitempty"`
 	DeviceKey []byte `json:"device_key"`
-	// Binding is the ID of the device's provisioning key file.
-	Binding hexID `json:"binding"`
+	// Binding is the ID of the device's provisioning key file; zero when
+	// Owner is set.
+	Binding hexID `json:"binding,omitzero"`
+	// Owner is the account that owns the device from its imaging on, as
+	// an administrator assigned it; the device gets no provisioning key
+	// file but OwnerKeyFile, whose recovery key RecoveryKey the server
+	// escrows under the owner.
+	Owner        string `json:"owner,omitempty"`
+	OwnerKeyFile hexID  `json:"owner_key_file,omitzero"`
+	RecoveryKey  []byte `json:"recovery_key,omitempty"`
 }
 
 func (m *enrollV1) check() error {
@@ -127,7 +135,11 @@ func (m *enrollV1) check() error {
 	c.bytes("ek", m.EK, false)
 	c.bytes("srk", m.SRK, false)
 	c.bytes("device_key", m.DeviceKey, true)
-	c.id("binding", m.Binding)
+	c.text("owner", m.Owner, maxName, false)
+	c.need(m.Binding.isZero() == (m.Owner != ""), "want exactly one of binding and owner")
+	c.need(m.OwnerKeyFile.isZero() == (m.Owner == ""), "owner_key_file: wanted with owner, and only then")
+	c.need((len(m.RecoveryKey) == 0) == (m.Owner == ""), "recovery_key: wanted with owner, and only then")
+	c.bytes("recovery_key", m.RecoveryKey, false)
 	return c.err()
 }
 
@@ -141,6 +153,9 @@ type provisioningV1 struct {
 	// key file's network protector binds to in PBN mode.
 	ExchangeKey json.RawMessage `json:"exchange_key,omitempty"`
 	Policy      store.Policy    `json:"policy"`
+	// Owner is the owner enrollV1 named, as the directory knows them,
+	// with the keys of their key file.
+	Owner *claimedV1 `json:"owner,omitempty"`
 }
 
 func (m *provisioningV1) check() error {
@@ -149,6 +164,10 @@ func (m *provisioningV1) check() error {
 	c.bytes("server_key", m.ServerKey, true)
 	c.bytes("exchange_key", m.ExchangeKey, false)
 	c.need(m.Policy.Check() == nil, "policy: %v", m.Policy.Check())
+	if m.Owner != nil {
+		c.need(m.Owner.V == wireV1, "owner: version %d", m.Owner.V)
+		c.need(m.Owner.check() == nil, "owner: %v", m.Owner.check())
+	}
 	return c.err()
 }
 

@@ -29,6 +29,15 @@ var (
 	// device has seen already, or behind the TPM's Clock: it was set back
 	// (SignIn).
 	ErrClockUntrusted = errors.New("the device's clock is earlier than a time it has seen")
+	// ErrFirstSignIn: the key file was made for its owner at imaging and
+	// has no protector of their password yet; their first sign-in needs
+	// the directory and the key server (SignIn, offline).
+	ErrFirstSignIn = errors.New("the first sign-in on this device needs the enterprise network")
+	// ErrBootChanged: the TPM refuses the key file's PCR policy (this
+	// boot measured otherwise than the one it was sealed in), and sealing
+	// it again needs the directory and the key server (SignIn, offline).
+	// The error matches tpm.ErrPCRMismatch too.
+	ErrBootChanged = errors.New("the TPM refuses this boot, and sealing the key again needs the enterprise network")
 	// ErrAmbiguous: the account matches the key files of several users
 	// (SignIn, offline).
 	ErrAmbiguous = errors.New("the account matches several users of the device")
@@ -52,6 +61,11 @@ func Sentence(err error) string {
 	case errors.Is(err, ErrClockUntrusted):
 		return "This device's clock is wrong, so it cannot check how long it has been offline. " +
 			"Connect to the enterprise network and sign in again."
+	case errors.Is(err, ErrFirstSignIn):
+		return "Your first sign-in on this device needs the company network. Connect to it and try again."
+	case errors.Is(err, ErrBootChanged):
+		return "This device's start-up software has changed since your last sign-in, so the TPM keeps " +
+			"your key. Connect to the company network and sign in again, or use your recovery key."
 	case errors.Is(err, ErrAmbiguous):
 		return "Several users match that name. Type the whole account, as name@domain."
 	case errors.Is(err, keyfile.ErrWrongRecoveryKey):

@@ -21,12 +21,17 @@
 //
 // # What an online sign-in repairs and adds
 //
-// A password changed in the directory opens neither the TPM nor the key
-// file's password factor. Once the directory and the server have accepted
-// the new one, the server hands the device the key file's escrowed
-// recovery key, with which the key file opens and is sealed again to the
-// TPM and the new password (tpm.Reseal), as its next generation: the user
-// never types the old password.
+// When the key file's TPM and password protector does not open with the
+// password that the directory and the server have just accepted, the
+// server hands the device the key file's escrowed recovery key, with which
+// the key file opens and is sealed again to the TPM and that password
+// (tpm.Reseal), as its next generation (reseal.go). That covers a password
+// changed in the directory (the user never types the old one), a key file
+// made for its owner at imaging that has no such protector yet (their
+// first sign-in), and a TPM that refuses the key file's PCR policy because
+// this boot measures otherwise than the one it was sealed in (the first
+// PBN boot after pbnctl install). Offline, none of these opens:
+// ErrFirstSignIn and ErrBootChanged say so.
 //
 // An account with no key file on the device (a further user the policy
 // allows, or an administrator account of the device's package) gets one:
@@ -116,8 +121,9 @@ type Result struct {
 	// Online tells whether the directory and the key server confirmed
 	// the sign-in.
 	Online bool
-	// Reprotected says the key file was sealed again to a password
-	// changed in the directory; Made says it was made at this sign-in;
+	// Reprotected says the key file was sealed again to the TPM and the
+	// password at this sign-in (a password changed in the directory, the
+	// owner's first sign-in, a boot the TPM refused); Made says it was made at this sign-in;
 	// Recovered says a recovery key opened it (Recover).
 	Reprotected, Made, Recovered bool
 }
@@ -159,8 +165,8 @@ func (d *Device) Users() ([]User, error) {
 // server's refusals (keyserver.ErrDeviceLost, ErrUserRemoved and the
 // others), a wrong password as an error matching keyfile.ErrWrongPassword
 // (the TPM's *tpm.WrongPasswordError among them) and *tpm.LockoutError;
-// offline, ErrUnknownUser, ErrAmbiguous, ErrNoContact, ErrOfflineLimit and
-// ErrClockUntrusted; and ErrNeedsNetwork for an account with no key file
+// offline, ErrUnknownUser, ErrAmbiguous, ErrNoContact, ErrOfflineLimit,
+// ErrClockUntrusted, ErrFirstSignIn and ErrBootChanged; and ErrNeedsNetwork for an account with no key file
 // there. Sentence says each to the person, and WrongPassword tells which
 // count as a wrong password.
 func (d *Device) SignIn(ctx context.Context, account string, password secret.Bytes) (*Result, error) {
@@ -290,10 +296,10 @@ func (s *session) signIn(ctx context.Context) (*Result, error) {
 	start := time.Now()
 	err = f.f.Open(ctx, s.factors(nil)...)
 	s.d.logger().Debug("key file", "took", time.Since(start))
-	if WrongPassword(err) {
-		// The directory and the server took the password: the key file
-		// has an older one.
-		err = s.reprotect(ctx, *f)
+	if reason := resealReason(f.f, err); reason != "" {
+		// The directory and the server took the password, but the key
+		// file's own protector does not open with it here.
+		err = s.reseal(ctx, *f, reason, ans.Policy)
 		res.Reprotected = err == nil
 	}
 	if err != nil {
@@ -426,7 +432,7 @@ func (s *session) offline(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	if err := f.f.Open(ctx, s.factors(nil)...); err != nil {
-		return nil, err
+		return nil, offlineError(f.f, err)
 	}
 	c, ok := s.st.contactOf(f.f)
 	if !ok {
@@ -456,67 +462,6 @@ func (s *session) recordContact(ctx context.Context, f *keyfile.KeyFile, ans *ke
 	s.st.setContact(f, contact{ServerTime: ans.Time, Floor: ans.Time, Limit: ans.Policy.OfflineLimit,
 		TPMClock: s.d.tpmClock(ctx)})
 	return s.st.save(s.d.ESP, s.d.KeyDir)
-}
-
-// reprotect opens f with its escrowed recovery key and seals it again to
-// the TPM and the password the directory just accepted, as the next
-// generation of the key file. The new protector seals to the PCRs and
-// derives with the Argon2id parameters of the one it replaces.
-func (s *session) reprotect(ctx context.Context, f stored) error {
-	ans, err := s.ask(ctx, keyserver.SignInRequest{KeyFile: f.f.Header().ID, Open: f.f.Header().ID})
-	if err != nil {
-		return fmt.Errorf("re-protect %s: %w", f.path, err)
-	}
-	defer ans.Wipe()
-	if err := openWithRecovery(ctx, f.f, ans.RecoveryKey); err != nil {
-		return fmt.Errorf("re-protect %s: %w", f.path, err)
-	}
-	pcrs, argon := sealedWith(f.f)
-	tf := tpm.NewFactor(s.d.TPM, pcrs, s.password)
-	if _, err := tpm.Reseal(ctx, f.f, tf, argon); err != nil {
-		f.f.Close()
-		return fmt.Errorf("re-protect %s: %w", f.path, err)
-	}
-	if err := keyfile.Replace(s.d.ESP, f.path, f.f); err != nil {
-		f.f.Close()
-		return fmt.Errorf("re-protect %s: %w", f.path, err)
-	}
-	return nil
-}
-
-// openWithRecovery opens f with a recovery key in the form people type.
-func openWithRecovery(ctx context.Context, f *keyfile.KeyFile, digits secret.Bytes) error {
-	rk, err := keyfile.ParseRecoveryKey(digits)
-	if err != nil {
-		return fmt.Errorf("escrowed recovery key: %w", err)
-	}
-	defer rk.Wipe()
-	return f.Open(ctx, keyfile.Recovery(rk))
-}
-
-// sealedWith returns the PCR selection and the Argon2id parameters of f's
-// TPM and password protector; nil and the floor when they cannot be read.
-func sealedWith(f *keyfile.KeyFile) (tpm.PCRSelection, keyfile.Argon2Params) {
-	var pcrs tpm.PCRSelection
-	argon := keyfile.FloorArgon2
-	for _, p := range f.Protectors() {
-		for i, t := range p.Factors {
-			switch t {
-			case keyfile.FactorTPM:
-				if sealed, err := tpm.ParseParams(p.Params[i]); err == nil {
-					pcrs = sealed.PCRs
-				}
-			case keyfile.FactorPassword:
-				if a, err := keyfile.PasswordParams(p.Params[i]); err == nil {
-					argon = a
-				}
-			}
-		}
-		if pcrs != nil {
-			break
-		}
-	}
-	return pcrs, argon
 }
 
 // Recover opens the key file that recovery key k opens, whatever the

@@ -3,16 +3,11 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
-	"net"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
-
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/securemoment"
@@ -47,8 +42,8 @@ const (
 // on) counts as a failed authorization at the TPM's next start, as TPM 2.0
 // wants for a non-orderly shutdown after a use of a dictionary-attack
 // protected object; swtpm's 3 tries (libtpms's default) would lock the
-// laptop at the fourth such boot, so the laptop's TPM gets a fleet's
-// setting first (setDictionaryAttack).
+// laptop at the fourth such boot, were it not for the fleet's setting
+// that enrolment gives the TPM (tpm.FleetDictionaryAttack).
 //
 // From the cut after the claim on, the group's policy turns autoboot off:
 // the laptop shows no countdown, the key server records no unattended
@@ -83,7 +78,6 @@ func TestSecureMomentPowerCut(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Provision = %v", err)
 	}
-	setDictionaryAttack(t, ctx, e.Lab, dev, fleetMaxTries, fleetRecovery)
 	m := startProvisioned(t, ctx, e.Lab, image, dev, LaptopOptions{})
 
 	autoboot, owned, on := true, false, true
@@ -284,74 +278,4 @@ func checkUnlocks(t *testing.T, ctx context.Context, e *Enterprise, dev *Device,
 		t.Errorf("%d unattended unlocks and %d %s's; want 2 (the countdowns with autoboot on) and 3",
 			unattended, attended, upn)
 	}
-}
-
-// A fleet's dictionary-attack setting for a laptop's TPM: enough tries
-// for a user's typos and a few power cuts during sign-ins, one back every
-// ten minutes.
-const (
-	fleetMaxTries = 32
-	fleetRecovery = 10 * time.Minute
-)
-
-// setDictionaryAttack sets the dictionary-attack parameters of dev's TPM
-// with TPM2_DictionaryAttackParameters (TPM 2.0 Part 3, 25.3), authorized
-// by the empty lockout authorization of a new TPM, on a swtpm started on
-// the host for it and shut down in order afterwards; the lockout
-// authorization's own recovery stays a day.
-//
-// TODO: enrolment (pbn/enroll) should set these, and take the lockout
-// authorization: with the TPM's defaults (3 tries and 1000 s on swtpm)
-// three power cuts in a row during sign-ins lock the user out for
-// quarter-hours, each counted as a failed authorization.
-func setDictionaryAttack(t *testing.T, ctx context.Context, lab *Lab, dev *Device, tries uint32,
-	recovery time.Duration) {
-	t.Helper()
-	sock := filepath.Join(dev.TPMDir, "da.sock")
-	p, err := lab.startSwtpm(ctx, dev.Name+" (dictionary attack)", dev.TPMDir, "--server", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
-	c, err := net.DialTimeout("unix", sock, DefaultSwtpmWait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(DefaultSwtpmWait))
-	rsp, err := transport.FromReadWriter(c).Send(dictionaryAttackParameters(tries, recovery, 24*time.Hour))
-	c.Close()
-	if err != nil {
-		t.Fatalf("TPM2_DictionaryAttackParameters: %v", err)
-	}
-	if len(rsp) < 10 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
-		t.Fatalf("TPM2_DictionaryAttackParameters: response % x, want success", rsp)
-	}
-	if err := shutdownTPM(sock); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// dictionaryAttackParameters encodes TPM2_DictionaryAttackParameters
-// (TPM 2.0 Part 3, 25.3; go-tpm's tpm2 has no such command) on
-// TPM_RH_LOCKOUT with an empty password session (Part 1, 19.6.5).
-func dictionaryAttackParameters(tries uint32, recovery, lockoutRecovery time.Duration) []byte {
-	const (
-		stSessions  = 0x8002
-		ccDAParams  = 0x0000013a
-		rhLockout   = 0x4000000a
-		rsPassword  = 0x40000009
-		commandSize = 10 + 4 + 4 + 9 + 12
-	)
-	b := binary.BigEndian.AppendUint16(nil, stSessions)
-	b = binary.BigEndian.AppendUint32(b, commandSize)
-	b = binary.BigEndian.AppendUint32(b, ccDAParams)
-	b = binary.BigEndian.AppendUint32(b, rhLockout)
-	b = binary.BigEndian.AppendUint32(b, 9) // the authorization area
-	b = binary.BigEndian.AppendUint32(b, rsPassword)
-	b = binary.BigEndian.AppendUint16(b, 0) // no nonce
-	b = append(b, 0)                        // session attributes
-	b = binary.BigEndian.AppendUint16(b, 0) // the empty password
-	b = binary.BigEndian.AppendUint32(b, tries)
-	b = binary.BigEndian.AppendUint32(b, uint32(recovery/time.Second))
-	return binary.BigEndian.AppendUint32(b, uint32(lockoutRecovery/time.Second))
 }

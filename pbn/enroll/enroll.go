@@ -148,6 +148,15 @@ func describe(ctx context.Context, t *tpm.TPM, dev *Device) (store.Device, crypt
 		return store.Device{}, nil, err
 	}
 	d.ID, d.Hostname, d.Group = dev.ID, dev.Hostname, dev.Group
+	// A TPM's own dictionary-attack settings lock a user out after a few
+	// power cuts during sign-ins; a TPM that someone else has taken keeps
+	// theirs. Neither stops the enrolment.
+	switch err := t.SetDictionaryAttack(ctx, tpm.FleetDictionaryAttack); {
+	case errors.Is(err, tpm.ErrLockoutAuthSet):
+		logger(*dev).Info("the TPM's dictionary-attack settings are left as they are", "reason", err)
+	case err != nil:
+		logger(*dev).Warn("the TPM's dictionary-attack settings are left as they are", "err", err)
+	}
 	return d, key, nil
 }
 

@@ -30,11 +30,11 @@ import (
 	"github.com/pbn-project/pbn/pbn/tpm"
 )
 
-// erin is the owner an administrator assigns to a device before its
+// olivia is the owner an administrator assigns to a device before its
 // imaging.
-const erin = "erin"
+const olivia = "olivia"
 
-var erinOnce sync.Once
+var oliviaOnce sync.Once
 
 // ownedDevice is a device enrolled with its owner known in advance: the
 // owner's key file on its ESP, its LUKS2 volume in an image file, its
@@ -50,15 +50,15 @@ type ownedDevice struct {
 
 // newOwnedDevice starts a key server whose directory can look accounts
 // up (with the DC's Administrator as the lookup account), enrolls a
-// device owned by erin with enroll.EnrollOwned, and stores her key file
+// device owned by olivia with enroll.EnrollOwned, and stores her key file
 // and a keyslot of its FDE secret as imaging does.
 func newOwnedDevice(t *testing.T) *ownedDevice {
 	t.Helper()
 	ctx := testContext(t)
 	dc := sharedDC(t)
-	erinOnce.Do(func() {
-		if _, err := dc.AddUser(ctx, samba.User{Name: erin, Password: password}); err != nil {
-			t.Fatalf("add %s: %v", erin, err)
+	oliviaOnce.Do(func() {
+		if _, err := dc.AddUser(ctx, samba.User{Name: olivia, Password: password}); err != nil {
+			t.Fatalf("add %s: %v", olivia, err)
 		}
 	})
 	cfg := ad.Config{Domain: dc.DNSDomain, DCs: []string{dc.LDAPS()}, CA: dc.CA.PEM}
@@ -81,9 +81,9 @@ func newOwnedDevice(t *testing.T) *ownedDevice {
 	tp := tpm.New(o.tr, nil)
 	t.Cleanup(func() { tp.Close() })
 
-	f, err := enroll.EnrollOwned(ctx, tp, o.srv.Admin, enroll.Device{Hostname: "owned", Group: "laptops"}, erin)
+	f, err := enroll.EnrollOwned(ctx, tp, o.srv.Admin, enroll.Device{Hostname: "owned", Group: "laptops"}, olivia)
 	if err != nil {
-		t.Fatalf("EnrollOwned(%s) = %v", erin, err)
+		t.Fatalf("EnrollOwned(%s) = %v", olivia, err)
 	}
 	defer f.Close()
 	esp := espFS{faultfs.New(nil)}
@@ -159,7 +159,7 @@ func (o *ownedDevice) lastSignIn(t *testing.T) store.Event {
 // prompt of cmds/pbn shows these sentences (the lab's tests do).
 func TestOwnerKnownInAdvance(t *testing.T) {
 	o := newOwnedDevice(t)
-	upn := erin + "@" + sharedDC(t).DNSDomain
+	upn := olivia + "@" + sharedDC(t).DNSDomain
 
 	steps := []struct {
 		name string
@@ -178,13 +178,13 @@ func TestOwnerKnownInAdvance(t *testing.T) {
 			}
 		}},
 		{"first sign-in offline", func(t *testing.T) {
-			_, err := signIn(t, o.offline, erin, password)
+			_, err := signIn(t, o.offline, olivia, password)
 			if !errors.Is(err, ErrFirstSignIn) || !strings.Contains(Sentence(err), "company network") {
 				t.Errorf("SignIn(offline, first) = %v (%q), want ErrFirstSignIn", err, Sentence(err))
 			}
 		}},
 		{"first sign-in with a wrong password", func(t *testing.T) {
-			if _, err := signIn(t, o.online, erin, "Wr0ng-horse"); !WrongPassword(err) {
+			if _, err := signIn(t, o.online, olivia, "Wr0ng-horse"); !WrongPassword(err) {
 				t.Errorf("SignIn(wrong password) = %v, want a wrong password", err)
 			}
 			if !AwaitsFirstSignIn(o.reload(t)) {
@@ -192,7 +192,7 @@ func TestOwnerKnownInAdvance(t *testing.T) {
 			}
 		}},
 		{"first sign-in online", func(t *testing.T) {
-			res, err := signIn(t, o.online, erin, password)
+			res, err := signIn(t, o.online, olivia, password)
 			if err != nil || !res.Reprotected || !res.Online {
 				t.Fatalf("SignIn(online, first) = %+v, %v; want her key file sealed", res, err)
 			}
@@ -206,27 +206,27 @@ func TestOwnerKnownInAdvance(t *testing.T) {
 			if e := o.lastSignIn(t); e.Detail["reason"] != keyserver.ResealFirstSignIn {
 				t.Errorf("last sign-in event %+v, want the reason %s", e, keyserver.ResealFirstSignIn)
 			}
-			if _, err := signIn(t, o.offline, erin, password); err != nil {
+			if _, err := signIn(t, o.offline, olivia, password); err != nil {
 				t.Errorf("SignIn(offline, after the first) = %v", err)
 			}
 		}},
 		{"boot changed offline", func(t *testing.T) {
 			swtpm.ExtendOn(t, o.tr, 4, "another initramfs")
-			_, err := signIn(t, o.offline, erin, password)
+			_, err := signIn(t, o.offline, olivia, password)
 			if !errors.Is(err, ErrBootChanged) || !errors.Is(err, tpm.ErrPCRMismatch) ||
 				!strings.Contains(Sentence(err), "company network") {
 				t.Errorf("SignIn(offline, PCR 4 extended) = %v (%q), want ErrBootChanged", err, Sentence(err))
 			}
 		}},
 		{"boot changed online", func(t *testing.T) {
-			res, err := signIn(t, o.online, erin, password)
+			res, err := signIn(t, o.online, olivia, password)
 			if err != nil || !res.Reprotected {
 				t.Fatalf("SignIn(online, PCR 4 extended) = %+v, %v; want her key file sealed again", res, err)
 			}
 			if e := o.lastSignIn(t); e.Detail["reason"] != keyserver.ResealTPMRefused {
 				t.Errorf("last sign-in event %+v, want the reason %s", e, keyserver.ResealTPMRefused)
 			}
-			if _, err := signIn(t, o.offline, erin, password); err != nil {
+			if _, err := signIn(t, o.offline, olivia, password); err != nil {
 				t.Errorf("SignIn(offline, after the reseal) = %v", err)
 			}
 		}},

@@ -104,6 +104,9 @@ func Open(ctx context.Context, dsn string, masterKey secret.Bytes, opts Options)
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
+	if s.dialect == postgresDB {
+		s.db.SetMaxOpenConns(postgresConns)
+	}
 	if s.dialect == sqliteDB {
 		// SQLite has one writer at a time, and a writer that finds the
 		// database busy sleeps in back-off steps of milliseconds. One
@@ -121,6 +124,12 @@ func Open(ctx context.Context, dsn string, masterKey secret.Bytes, opts Options)
 	}
 	return s, nil
 }
+
+// postgresConns bounds one store's connections to PostgreSQL: past it,
+// requests wait for a connection rather than open one that the server
+// refuses beyond its max_connections (100 by default, shared by every
+// pbnd of the fleet).
+const postgresConns = 25
 
 // Bounds on waiting for another process that opens the same SQLite file.
 const (

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -217,30 +216,45 @@ func TestLockout(t *testing.T) {
 	}
 }
 
-// setLockout sets the dictionary-attack parameters (Part 3, 25.3
-// TPM2_DictionaryAttackParameters, which go-tpm's tpm2 package lacks) with
-// the empty lockout authorization of a fresh TPM.
+// setLockout sets the dictionary-attack parameters of a fresh TPM.
 func setLockout(t testing.TB, tp *TPM, maxTries, interval uint32) {
 	t.Helper()
-	const (
-		stSessions = 0x8002
-		ccDAParams = 0x13a
-		rhLockout  = 0x4000000a
-		rsPW       = 0x40000009
-	)
-	body := binary.BigEndian.AppendUint32(nil, rhLockout)
-	body = binary.BigEndian.AppendUint32(body, 9) // authorization area size
-	body = binary.BigEndian.AppendUint32(body, rsPW)
-	body = append(body, 0, 0, 0, 0, 0) // empty nonce, attributes, empty password
-	body = binary.BigEndian.AppendUint32(body, maxTries)
-	body = binary.BigEndian.AppendUint32(body, interval)
-	body = binary.BigEndian.AppendUint32(body, 0) // lockoutRecovery
-	cmd := binary.BigEndian.AppendUint16(nil, stSessions)
-	cmd = binary.BigEndian.AppendUint32(cmd, uint32(10+len(body)))
-	cmd = binary.BigEndian.AppendUint32(cmd, ccDAParams)
-	rsp, err := tp.tr.Send(append(cmd, body...))
-	if err != nil || len(rsp) < 10 || binary.BigEndian.Uint32(rsp[6:]) != 0 {
-		t.Fatalf("TPM2_DictionaryAttackParameters = %x, %v", rsp, err)
+	da := DictionaryAttack{MaxTries: maxTries, Recovery: time.Duration(interval) * time.Second}
+	if err := tp.SetDictionaryAttack(testContext(t), da); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSetDictionaryAttack sets the fleet's parameters on a fresh TPM, and
+// leaves those of a TPM whose lockout authorization is set, without
+// trying the empty one on it.
+func TestSetDictionaryAttack(t *testing.T) {
+	tp := openSim(t, swtpm.Start(t))
+	if err := tp.SetDictionaryAttack(testContext(t), FleetDictionaryAttack); err != nil {
+		t.Fatalf("SetDictionaryAttack = %v", err)
+	}
+	info, err := tp.Info(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.MaxTries != FleetDictionaryAttack.MaxTries || info.Interval != FleetDictionaryAttack.Recovery {
+		t.Errorf("Info = %d tries, %v; want %d, %v", info.MaxTries, info.Interval,
+			FleetDictionaryAttack.MaxTries, FleetDictionaryAttack.Recovery)
+	}
+
+	_, err = tpm2.HierarchyChangeAuth{
+		AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHLockout, Auth: tpm2.PasswordAuth(nil)},
+		NewAuth:    tpm2.TPM2BAuth{Buffer: []byte("taken")},
+	}.Execute(tp.tr)
+	if err != nil {
+		t.Fatalf("HierarchyChangeAuth(lockout) = %v", err)
+	}
+	err = tp.SetDictionaryAttack(testContext(t), DictionaryAttack{MaxTries: 5, Recovery: time.Minute})
+	if !errors.Is(err, ErrLockoutAuthSet) {
+		t.Errorf("SetDictionaryAttack with the lockout authorization set = %v, want ErrLockoutAuthSet", err)
+	}
+	if info, err := tp.Info(testContext(t)); err != nil || info.MaxTries != FleetDictionaryAttack.MaxTries {
+		t.Errorf("Info = %+v, %v; want the fleet's tries left as they were", info, err)
 	}
 }
 

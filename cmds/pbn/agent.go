@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -48,10 +49,12 @@ type agent struct {
 	loader  *kmod.Loader
 
 	// coldplug is closed when the coldplug that the drivers step starts
-	// has ended, with its outcome in plugged and plugErr.
+	// has ended, with its outcome in plugged and plugErr; ahead is closed
+	// when the later steps' modules that it loads ahead have loaded.
 	coldplug chan struct{}
 	plugged  kmod.ColdplugReport
 	plugErr  error
+	ahead    chan struct{}
 
 	volume   cmdline.LUKS // the LUKS volume to open
 	luksDev  *disk.Device // where it is
@@ -93,9 +96,9 @@ func (a *agent) run(ctx context.Context) error {
 	}
 	steps := []stage.Step{
 		{Name: "drivers", Run: a.drivers},
-		{Name: "network", Run: a.network},
+		{Name: "network", Run: a.network, Background: true},
 		{Name: "keyfiles", Run: a.keyFiles},
-		{Name: "unlock", Run: a.unlock},
+		{Name: "unlock", Run: a.unlock, After: []string{"network"}},
 		{Name: "modules", Run: a.modules},
 		{Name: "disk", Run: a.openDisk},
 		{Name: "root", Run: a.mountRoot},
@@ -162,9 +165,13 @@ func (a *agent) say(format string, args ...any) {
 // dm-crypt with LUKS2's default cipher, aes-xts-plain64, for the disk
 // (loaded by the agent rather than by the kernel's requests, each of which
 // runs the agent anew as modprobe; other ciphers still load that way). The
-// drivers step loads them in the background, after the coldplug, with the
-// root's file system (see rootModule); the steps that need them load them
-// again, which then only waits for that.
+// drivers step loads them in the background once the first network link
+// is there, the ESP's first, then the disk's with the root's file system
+// (see rootModule); the steps that need them load them again, which then
+// only waits for that. crypto-aes brings aesni_intel, whose self-tests
+// take seconds under emulation: it must be in the kernel before the disk
+// opens, since dm-crypt keeps the cipher it found then for the volume's
+// life.
 var (
 	espModules  = []string{"fs-vfat", "nls-cp437", "nls-iso8859-1", "nls-ascii"}
 	diskModules = []string{"dm-crypt", "crypto-xts", "crypto-aes"}
@@ -184,7 +191,10 @@ func (a *agent) rootModule() string {
 
 // drivers starts the coldplug and the later steps' modules in the
 // background and waits only for the first network link, so that DHCP runs
-// while the other drivers load and probe.
+// while the other drivers load and probe. The network cards' drivers load
+// first, alone: another driver's loading would delay theirs (the kernel
+// finishes every driver's asynchronous probing, a SATA controller's port
+// resets for one, before a module's loading returns).
 func (a *agent) drivers(ctx context.Context) error {
 	dir, err := kmod.DefaultDir()
 	if err != nil {
@@ -201,13 +211,17 @@ func (a *agent) drivers(ctx context.Context) error {
 	a.coldplug = make(chan struct{})
 	go func() {
 		defer close(a.coldplug)
-		a.plugged, a.plugErr = a.loader.Coldplug(ctx, kmod.ColdplugOptions{})
+		a.plugged, a.plugErr = a.loader.Coldplug(ctx, kmod.ColdplugOptions{First: kmod.Network})
 		a.log.Debug("coldplug", "rounds", a.plugged.Rounds, "took", time.Since(start))
-		for _, m := range slices.Concat(espModules, diskModules, []string{a.rootModule()}) {
-			a.loadModule(m)
-		}
 	}()
-	return a.waitLink(ctx)
+	err = a.waitLink(ctx)
+	a.ahead = make(chan struct{})
+	go func() {
+		defer close(a.ahead)
+		a.loadModules(espModules)
+		a.loadModules(slices.Concat(diskModules, []string{a.rootModule()}))
+	}()
+	return err
 }
 
 // linkPoll is how often the drivers step looks for a network link.
@@ -233,15 +247,18 @@ func (a *agent) waitLink(ctx context.Context) error {
 	}
 }
 
-// modules waits for the coldplug that the drivers step started: the
-// ciphers that the CPU's features ask for (aesni_intel), which load last,
-// are for the disk. The steps before need only what they wait for
-// themselves: a link, a disk with the ESP, the vfat modules.
+// modules waits for the coldplug that the drivers step started, and for
+// the modules it loads ahead: the ciphers that the CPU's features ask for
+// (aesni_intel), which load last, are for the disk. The steps before need
+// only what they wait for themselves: a link, a disk with the ESP, the
+// vfat modules.
 func (a *agent) modules(ctx context.Context) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-a.coldplug:
+	for _, done := range []chan struct{}{a.coldplug, a.ahead} {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-done:
+		}
 	}
 	if a.plugErr != nil {
 		return a.plugErr
@@ -275,11 +292,14 @@ func linkModprobe(log *slog.Logger) {
 	}
 }
 
-// network brings up the network. A network that does not come up is not
-// an error: the password unlock needs none.
-// TODO: the network could come up while the ESP is read and the password
-// typed; it runs first so that its console lines come before the prompt
-// and the AD and key server unlockers of the two-stage issue find it up.
+// network brings up the network, beside the key files' step: the unlock
+// step waits for it, so that its console lines come before the prompt and
+// the stages that need the directory or the key server find it up. A
+// network that does not come up is not an error: the password unlock
+// needs none.
+// TODO: the password prompt could come up while DHCP runs, for the key
+// files that open with a password alone; the network's lines would then
+// have to wait for the prompt's end.
 func (a *agent) network(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.NetTimeout)
 	defer cancel()
@@ -319,9 +339,7 @@ func (a *agent) progress(msg string) (stop func()) {
 }
 
 func (a *agent) keyFiles(ctx context.Context) error {
-	for _, m := range espModules {
-		a.loadModule(m)
-	}
+	a.loadModules(espModules)
 	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
 	defer cancel()
 	esp, err := a.findESP(ctx)
@@ -374,6 +392,20 @@ func (a *agent) loadModule(name string) {
 	if err := a.loader.Load(name); err != nil {
 		a.log.Debug("module", "name", name, "err", err)
 	}
+}
+
+// loadModules loads modules that a later step needs side by side, and
+// returns when all have loaded or failed to.
+func (a *agent) loadModules(names []string) {
+	var wg sync.WaitGroup
+	for _, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.loadModule(n)
+		}()
+	}
+	wg.Wait()
 }
 
 // stages are the two stages of PBN's model, in the order they are
@@ -471,9 +503,7 @@ var errNoVolume = errors.New("the kernel command line names no LUKS volume (rd.l
 func (a *agent) openDisk(ctx context.Context) error {
 	defer a.opened.Close() // wipes the FDE secret
 	v, dev := a.volume, a.luksDev
-	for _, m := range diskModules {
-		a.loadModule(m)
-	}
+	a.loadModules(diskModules)
 	cs, err := disk.Cryptsetup()
 	if err != nil {
 		return err

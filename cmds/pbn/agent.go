@@ -300,8 +300,8 @@ func linkModprobe(log *slog.Logger) {
 // TODO: the password prompt could come up while DHCP runs, for the key
 // files that open with a password alone; the network's lines would then
 // have to wait for the prompt's end.
-func (a *agent) network(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.NetTimeout)
+func (a *agent) network(boot context.Context) error {
+	ctx, cancel := context.WithTimeout(boot, a.cmdline.PBN.NetTimeout)
 	defer cancel()
 	start := time.Now()
 	stop := a.progress("network: waiting for an address")
@@ -309,6 +309,10 @@ func (a *agent) network(ctx context.Context) error {
 	stop()
 	took := time.Since(start).Milliseconds()
 	switch {
+	case boot.Err() != nil:
+		// A step beside it failed, and the boot ends with that step's
+		// message.
+		a.log.Debug("network", "err", err)
 	case err != nil:
 		a.log.Warn("network", "err", err)
 		a.say("network: %s (%d ms)", netup.Sentence(err), took)

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/go-tpm/tpm2/transport"
@@ -49,12 +48,10 @@ type agent struct {
 	loader  *kmod.Loader
 
 	// coldplug is closed when the coldplug that the drivers step starts
-	// has ended, with its outcome in plugged and plugErr; ahead is closed
-	// when the later steps' modules that it loads ahead have loaded.
+	// has ended, with its outcome in plugged and plugErr.
 	coldplug chan struct{}
 	plugged  kmod.ColdplugReport
 	plugErr  error
-	ahead    chan struct{}
 
 	volume   cmdline.LUKS // the LUKS volume to open
 	luksDev  *disk.Device // where it is
@@ -165,13 +162,17 @@ func (a *agent) say(format string, args ...any) {
 // dm-crypt with LUKS2's default cipher, aes-xts-plain64, for the disk
 // (loaded by the agent rather than by the kernel's requests, each of which
 // runs the agent anew as modprobe; other ciphers still load that way). The
-// drivers step loads them in the background once the first network link
-// is there, the ESP's first, then the disk's with the root's file system
-// (see rootModule); the steps that need them load them again, which then
-// only waits for that. crypto-aes brings aesni_intel, whose self-tests
-// take seconds under emulation: it must be in the kernel before the disk
-// opens, since dm-crypt keeps the cipher it found then for the volume's
-// life.
+// drivers step loads them in the background, after the coldplug, with the
+// root's file system (see rootModule); the steps that need them load them
+// again, which then only waits for that. crypto-aes brings aesni_intel,
+// whose self-tests take seconds under emulation: it must be in the kernel
+// before the disk opens, since dm-crypt keeps the cipher it found then for
+// the volume's life.
+// TODO: they could load from the first link on, beside the coldplug's
+// second pass; tried, that made the unlock step's key derivation three
+// times as slow under TCG when the password came at once (BenchmarkBoot on
+// a loaded machine), since they then share the guest's two CPUs with it.
+// On hardware, where a module loads in milliseconds, it may still pay.
 var (
 	espModules  = []string{"fs-vfat", "nls-cp437", "nls-iso8859-1", "nls-ascii"}
 	diskModules = []string{"dm-crypt", "crypto-xts", "crypto-aes"}
@@ -213,15 +214,11 @@ func (a *agent) drivers(ctx context.Context) error {
 		defer close(a.coldplug)
 		a.plugged, a.plugErr = a.loader.Coldplug(ctx, kmod.ColdplugOptions{First: kmod.Network})
 		a.log.Debug("coldplug", "rounds", a.plugged.Rounds, "took", time.Since(start))
+		for _, m := range slices.Concat(espModules, diskModules, []string{a.rootModule()}) {
+			a.loadModule(m)
+		}
 	}()
-	err = a.waitLink(ctx)
-	a.ahead = make(chan struct{})
-	go func() {
-		defer close(a.ahead)
-		a.loadModules(espModules)
-		a.loadModules(slices.Concat(diskModules, []string{a.rootModule()}))
-	}()
-	return err
+	return a.waitLink(ctx)
 }
 
 // linkPoll is how often the drivers step looks for a network link.
@@ -247,18 +244,15 @@ func (a *agent) waitLink(ctx context.Context) error {
 	}
 }
 
-// modules waits for the coldplug that the drivers step started, and for
-// the modules it loads ahead: the ciphers that the CPU's features ask for
-// (aesni_intel), which load last, are for the disk. The steps before need
-// only what they wait for themselves: a link, a disk with the ESP, the
-// vfat modules.
+// modules waits for the coldplug that the drivers step started: the
+// ciphers that the CPU's features ask for (aesni_intel), which load last,
+// are for the disk. The steps before need only what they wait for
+// themselves: a link, a disk with the ESP, the vfat modules.
 func (a *agent) modules(ctx context.Context) error {
-	for _, done := range []chan struct{}{a.coldplug, a.ahead} {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-done:
-		}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-a.coldplug:
 	}
 	if a.plugErr != nil {
 		return a.plugErr
@@ -343,8 +337,10 @@ func (a *agent) progress(msg string) (stop func()) {
 }
 
 func (a *agent) keyFiles(ctx context.Context) error {
-	a.loadModules(espModules)
-	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
+	for _, m := range espModules {
+		a.loadModule(m)
+	}
+	ctx, cancel := a.deviceContext(ctx)
 	defer cancel()
 	esp, err := a.findESP(ctx)
 	if err != nil {
@@ -368,6 +364,34 @@ func (a *agent) keyFiles(ctx context.Context) error {
 	a.files = files
 	a.say("keyfiles: %d on %s", len(files), esp.Path)
 	return nil
+}
+
+// coldplugBound bounds the wait for the coldplug before a disk that has
+// not appeared counts as missing: the drivers that the coldplug loads last
+// may be the disk's.
+const coldplugBound = time.Minute
+
+// deviceContext returns a context for the wait for the key files' disk,
+// which ends the device timeout after the coldplug has ended, and at the
+// latest coldplugBound later: the key files' step starts at the first
+// network link, while the disk's driver may still be loading.
+func (a *agent) deviceContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, coldplugBound+a.cmdline.PBN.DeviceTimeout)
+	go func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.coldplug:
+		}
+		t := time.NewTimer(a.cmdline.PBN.DeviceTimeout)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			cancel()
+		}
+	}()
+	return ctx, cancel
 }
 
 // findESP finds the LUKS volume, then the ESP on the same disk: a USB
@@ -396,20 +420,6 @@ func (a *agent) loadModule(name string) {
 	if err := a.loader.Load(name); err != nil {
 		a.log.Debug("module", "name", name, "err", err)
 	}
-}
-
-// loadModules loads modules that a later step needs side by side, and
-// returns when all have loaded or failed to.
-func (a *agent) loadModules(names []string) {
-	var wg sync.WaitGroup
-	for _, n := range names {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.loadModule(n)
-		}()
-	}
-	wg.Wait()
 }
 
 // stages are the two stages of PBN's model, in the order they are
@@ -507,7 +517,9 @@ var errNoVolume = errors.New("the kernel command line names no LUKS volume (rd.l
 func (a *agent) openDisk(ctx context.Context) error {
 	defer a.opened.Close() // wipes the FDE secret
 	v, dev := a.volume, a.luksDev
-	a.loadModules(diskModules)
+	for _, m := range diskModules {
+		a.loadModule(m)
+	}
 	cs, err := disk.Cryptsetup()
 	if err != nil {
 		return err

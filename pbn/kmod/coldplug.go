@@ -92,7 +92,8 @@ func (l *Loader) Coldplug(ctx context.Context, opts ColdplugOptions) (ColdplugRe
 // pass loads the modules of the devices that pick picks (every device
 // when pick is nil), in rounds, and adds them to rep. It returns the CPU's
 // modules that it found and did not load.
-func (l *Loader) pass(ctx context.Context, opts ColdplugOptions, pick func(string) bool, loads *loads, rep *ColdplugReport) ([]string, error) {
+func (l *Loader) pass(ctx context.Context, opts ColdplugOptions, pick func(string) bool,
+	loads *loads, rep *ColdplugReport) ([]string, error) {
 	seen := map[string]bool{}
 	var cpu []string
 	for range opts.MaxRounds {
@@ -185,7 +186,8 @@ func (o ColdplugOptions) withDefaults() ColdplugOptions {
 // time at the end, and spare the polls while slow modules load (seconds of
 // cipher self-tests under emulation), which take CPU from the steps that
 // run beside the coldplug.
-func (l *Loader) newMatches(ctx context.Context, opts ColdplugOptions, pick func(string) bool, seen map[string]bool, loads *loads) ([]string, []string, error) {
+func (l *Loader) newMatches(ctx context.Context, opts ColdplugOptions, pick func(string) bool,
+	seen map[string]bool, loads *loads) ([]string, []string, error) {
 	deadline := time.Now().Add(opts.Settle)
 	var devs, cpu []string
 	for {

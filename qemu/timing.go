@@ -8,15 +8,19 @@ import (
 )
 
 // Timing is the agent's timing file as the tiny OS shows it: each phase's
-// start and end in milliseconds since the agent started, and the time
-// spent waiting for a person (package pbn/stage writes it).
+// start and end in milliseconds since the agent started, the time spent
+// waiting for a person, and the kernel's own time before the agent started
+// (package pbn/stage writes it).
 type Timing struct {
 	Phases   map[string][2]float64
 	Excluded float64
+	// Agent is the kernel's CLOCK_MONOTONIC at the agent's start, in
+	// milliseconds: the kernel's boot up to its first process.
+	Agent float64
 }
 
-// ParseTiming reads a timing file: "<phase> <start ms> <end ms>" lines and
-// "excluded <ms>"; comments and other lines are skipped.
+// ParseTiming reads a timing file: "<phase> <start ms> <end ms>" lines,
+// "excluded <ms>" and "agent <ms>"; comments and other lines are skipped.
 func ParseTiming(s string) Timing {
 	t := Timing{Phases: map[string][2]float64{}}
 	for line := range strings.Lines(s) {
@@ -24,6 +28,8 @@ func ParseTiming(s string) Timing {
 		switch {
 		case len(f) == 2 && f[0] == "excluded":
 			t.Excluded, _ = strconv.ParseFloat(f[1], 64)
+		case len(f) == 2 && f[0] == "agent":
+			t.Agent, _ = strconv.ParseFloat(f[1], 64)
 		case len(f) == 3 && !strings.HasPrefix(f[0], "#"):
 			a, err1 := strconv.ParseFloat(f[1], 64)
 			b, err2 := strconv.ParseFloat(f[2], 64)

@@ -93,9 +93,9 @@ func (a *agent) run(ctx context.Context) error {
 	}
 	steps := []stage.Step{
 		{Name: "drivers", Run: a.drivers},
-		{Name: "network", Run: a.network},
+		{Name: "network", Run: a.network, Background: true},
 		{Name: "keyfiles", Run: a.keyFiles},
-		{Name: "unlock", Run: a.unlock},
+		{Name: "unlock", Run: a.unlock, After: []string{"network"}},
 		{Name: "modules", Run: a.modules},
 		{Name: "disk", Run: a.openDisk},
 		{Name: "root", Run: a.mountRoot},
@@ -164,7 +164,15 @@ func (a *agent) say(format string, args ...any) {
 // runs the agent anew as modprobe; other ciphers still load that way). The
 // drivers step loads them in the background, after the coldplug, with the
 // root's file system (see rootModule); the steps that need them load them
-// again, which then only waits for that.
+// again, which then only waits for that. crypto-aes brings aesni_intel,
+// whose self-tests take seconds under emulation: it must be in the kernel
+// before the disk opens, since dm-crypt keeps the cipher it found then for
+// the volume's life.
+// TODO: they could load from the first link on, beside the coldplug's
+// second pass; tried, that made the unlock step's key derivation three
+// times as slow under TCG when the password came at once (BenchmarkBoot on
+// a loaded machine), since they then share the guest's two CPUs with it.
+// On hardware, where a module loads in milliseconds, it may still pay.
 var (
 	espModules  = []string{"fs-vfat", "nls-cp437", "nls-iso8859-1", "nls-ascii"}
 	diskModules = []string{"dm-crypt", "crypto-xts", "crypto-aes"}
@@ -184,7 +192,10 @@ func (a *agent) rootModule() string {
 
 // drivers starts the coldplug and the later steps' modules in the
 // background and waits only for the first network link, so that DHCP runs
-// while the other drivers load and probe.
+// while the other drivers load and probe. The network cards' drivers load
+// first, alone: another driver's loading would delay theirs (the kernel
+// finishes every driver's asynchronous probing, a SATA controller's port
+// resets for one, before a module's loading returns).
 func (a *agent) drivers(ctx context.Context) error {
 	dir, err := kmod.DefaultDir()
 	if err != nil {
@@ -201,7 +212,7 @@ func (a *agent) drivers(ctx context.Context) error {
 	a.coldplug = make(chan struct{})
 	go func() {
 		defer close(a.coldplug)
-		a.plugged, a.plugErr = a.loader.Coldplug(ctx, kmod.ColdplugOptions{})
+		a.plugged, a.plugErr = a.loader.Coldplug(ctx, kmod.ColdplugOptions{First: kmod.Network})
 		a.log.Debug("coldplug", "rounds", a.plugged.Rounds, "took", time.Since(start))
 		for _, m := range slices.Concat(espModules, diskModules, []string{a.rootModule()}) {
 			a.loadModule(m)
@@ -275,13 +286,16 @@ func linkModprobe(log *slog.Logger) {
 	}
 }
 
-// network brings up the network. A network that does not come up is not
-// an error: the password unlock needs none.
-// TODO: the network could come up while the ESP is read and the password
-// typed; it runs first so that its console lines come before the prompt
-// and the AD and key server unlockers of the two-stage issue find it up.
-func (a *agent) network(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.NetTimeout)
+// network brings up the network, beside the key files' step: the unlock
+// step waits for it, so that its console lines come before the prompt and
+// the stages that need the directory or the key server find it up. A
+// network that does not come up is not an error: the password unlock
+// needs none.
+// TODO: the password prompt could come up while DHCP runs, for the key
+// files that open with a password alone; the network's lines would then
+// have to wait for the prompt's end.
+func (a *agent) network(boot context.Context) error {
+	ctx, cancel := context.WithTimeout(boot, a.cmdline.PBN.NetTimeout)
 	defer cancel()
 	start := time.Now()
 	stop := a.progress("network: waiting for an address")
@@ -289,6 +303,10 @@ func (a *agent) network(ctx context.Context) error {
 	stop()
 	took := time.Since(start).Milliseconds()
 	switch {
+	case boot.Err() != nil:
+		// A step beside it failed, and the boot ends with that step's
+		// message.
+		a.log.Debug("network", "err", err)
 	case err != nil:
 		a.log.Warn("network", "err", err)
 		a.say("network: %s (%d ms)", netup.Sentence(err), took)
@@ -322,7 +340,7 @@ func (a *agent) keyFiles(ctx context.Context) error {
 	for _, m := range espModules {
 		a.loadModule(m)
 	}
-	ctx, cancel := context.WithTimeout(ctx, a.cmdline.PBN.DeviceTimeout)
+	ctx, cancel := a.deviceContext(ctx)
 	defer cancel()
 	esp, err := a.findESP(ctx)
 	if err != nil {
@@ -346,6 +364,34 @@ func (a *agent) keyFiles(ctx context.Context) error {
 	a.files = files
 	a.say("keyfiles: %d on %s", len(files), esp.Path)
 	return nil
+}
+
+// coldplugBound bounds the wait for the coldplug before a disk that has
+// not appeared counts as missing: the drivers that the coldplug loads last
+// may be the disk's.
+const coldplugBound = time.Minute
+
+// deviceContext returns a context for the wait for the key files' disk,
+// which ends the device timeout after the coldplug has ended, and at the
+// latest coldplugBound later: the key files' step starts at the first
+// network link, while the disk's driver may still be loading.
+func (a *agent) deviceContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, coldplugBound+a.cmdline.PBN.DeviceTimeout)
+	go func() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.coldplug:
+		}
+		t := time.NewTimer(a.cmdline.PBN.DeviceTimeout)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			cancel()
+		}
+	}()
+	return ctx, cancel
 }
 
 // findESP finds the LUKS volume, then the ESP on the same disk: a USB

@@ -27,15 +27,23 @@ type ColdplugOptions struct {
 	// loaded (drivers that probe asynchronously, USB hubs); default
 	// DefaultSettle.
 	Settle time.Duration
-	// MaxRounds bounds the rounds of loading; default DefaultMaxRounds.
+	// MaxRounds bounds the rounds of loading, in each pass (see First);
+	// default DefaultMaxRounds.
 	MaxRounds int
+	// First, when set, picks the devices whose modules load before any
+	// other device's: a first pass loads only theirs, round after round
+	// while their loading brings devices that First picks too, until the
+	// tree settles; a second pass loads the rest. [Network] picks the
+	// network controllers, so that no other driver's loading delays the
+	// first link.
+	First func(modalias string) bool
 }
 
 // ColdplugReport says what a coldplug did.
 type ColdplugReport struct {
 	// Modules are the modules that matched a device, sorted.
 	Modules []string
-	// Rounds is how many rounds of loading there were.
+	// Rounds is how many rounds of loading there were, in all passes.
 	Rounds int
 	// Err joins the modules that failed to load; a driver whose hardware
 	// is absent or refuses it does not stop the boot.
@@ -50,28 +58,26 @@ type ColdplugReport struct {
 // loading without waiting for slow ones of the same round. The modules of
 // the CPU's features (ciphers and checksums, whose self-tests take seconds
 // under emulation and which no device waits for) load last, once the
-// devices' drivers have loaded and no new device came. It returns an
-// error only when it cannot read the tree or ctx ends; modules that fail to
-// load are in the report.
+// devices' drivers have loaded and no new device came. With opts.First,
+// the devices it picks have theirs loaded in a pass of their own before
+// the others (see [ColdplugOptions.First]). It returns an error only when
+// it cannot read the tree or ctx ends; modules that fail to load are in
+// the report.
 func (l *Loader) Coldplug(ctx context.Context, opts ColdplugOptions) (ColdplugReport, error) {
 	opts = opts.withDefaults()
 	var rep ColdplugReport
-	seen := map[string]bool{}
 	loads := newLoads(l, loadWorkers)
+	var err error
+	if opts.First != nil {
+		_, err = l.pass(ctx, opts, opts.First, loads, &rep)
+	}
 	var cpu []string
-	for rep.Rounds < opts.MaxRounds {
-		mods, cpuMods, err := l.newMatches(ctx, opts, seen, loads)
-		if err != nil {
-			loads.wait()
-			return rep, err
-		}
-		cpu = append(cpu, cpuMods...)
-		if len(mods) == 0 {
-			break
-		}
-		rep.Rounds++
-		rep.Modules = append(rep.Modules, mods...)
-		loads.start(mods)
+	if err == nil {
+		cpu, err = l.pass(ctx, opts, nil, loads, &rep)
+	}
+	if err != nil {
+		loads.wait()
+		return rep, err
 	}
 	cpu = slices.DeleteFunc(cpu, l.tried)
 	rep.Modules = append(rep.Modules, cpu...)
@@ -81,6 +87,29 @@ func (l *Loader) Coldplug(ctx context.Context, opts ColdplugOptions) (ColdplugRe
 	rep.Modules = slices.Compact(rep.Modules)
 	rep.Err = errors.Join(errs...)
 	return rep, ctx.Err()
+}
+
+// pass loads the modules of the devices that pick picks (every device
+// when pick is nil), in rounds, and adds them to rep. It returns the CPU's
+// modules that it found and did not load.
+func (l *Loader) pass(ctx context.Context, opts ColdplugOptions, pick func(string) bool,
+	loads *loads, rep *ColdplugReport) ([]string, error) {
+	seen := map[string]bool{}
+	var cpu []string
+	for range opts.MaxRounds {
+		mods, cpuMods, err := l.newMatches(ctx, opts, pick, seen, loads)
+		if err != nil {
+			return nil, err
+		}
+		cpu = append(cpu, cpuMods...)
+		if len(mods) == 0 {
+			break
+		}
+		rep.Rounds++
+		rep.Modules = append(rep.Modules, mods...)
+		loads.start(mods)
+	}
+	return cpu, nil
 }
 
 // loads are the loads a coldplug started, at most workers at a time.
@@ -147,17 +176,18 @@ func (o ColdplugOptions) withDefaults() ColdplugOptions {
 	return o
 }
 
-// newMatches polls the tree for modaliases not seen before, while loads
-// are busy and for opts.Settle after, and returns the modules not yet tried
-// that match them: those of devices, and apart those of the CPU's
-// features. It returns when it found a device's module or the tree
-// settled.
+// newMatches polls the tree for modaliases not seen before that pick
+// picks (all when pick is nil), while loads are busy and for opts.Settle
+// after, and returns the modules not yet tried that match them: those of
+// devices, and apart those of the CPU's features. It returns when it found
+// a device's module or the tree settled.
 // TODO: listening to the kernel's uevents (NETLINK_KOBJECT_UEVENT) would
 // see a new device at once instead of at the next poll, spare the settle
 // time at the end, and spare the polls while slow modules load (seconds of
 // cipher self-tests under emulation), which take CPU from the steps that
 // run beside the coldplug.
-func (l *Loader) newMatches(ctx context.Context, opts ColdplugOptions, seen map[string]bool, loads *loads) ([]string, []string, error) {
+func (l *Loader) newMatches(ctx context.Context, opts ColdplugOptions, pick func(string) bool,
+	seen map[string]bool, loads *loads) ([]string, []string, error) {
 	deadline := time.Now().Add(opts.Settle)
 	var devs, cpu []string
 	for {
@@ -166,7 +196,7 @@ func (l *Loader) newMatches(ctx context.Context, opts ColdplugOptions, seen map[
 			return nil, nil, err
 		}
 		for _, a := range aliases {
-			if seen[a] {
+			if seen[a] || pick != nil && !pick(a) {
 				continue
 			}
 			seen[a] = true
@@ -227,4 +257,20 @@ func Modaliases(sys string) ([]string, error) {
 	}
 	slices.Sort(aliases)
 	return slices.Compact(aliases), nil
+}
+
+// Network reports whether a modalias is a network controller's: a PCI
+// function of base class 02h, "network controller" (PCI Code and ID
+// Assignment Specification, section 1.3), or a virtio network device
+// (virtio 1.2, section 5, device ID 1). The kernel writes a PCI modalias
+// as pci:v<vendor>d<device>sv<subvendor>sd<subdevice>bc<class>sc<subclass>i<interface>,
+// in upper-case hexadecimal, so "bc" is only ever the class's tag.
+// Network cards on USB are not recognised: their modaliases name the
+// vendor's own interface class.
+func Network(modalias string) bool {
+	if rest, ok := strings.CutPrefix(modalias, "pci:"); ok {
+		_, class, ok := strings.Cut(rest, "bc")
+		return ok && strings.HasPrefix(class, "02")
+	}
+	return strings.HasPrefix(modalias, "virtio:d00000001v")
 }

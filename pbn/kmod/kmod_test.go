@@ -2,6 +2,7 @@ package kmod
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pbn-project/pbn/internal/testenv"
 )
@@ -305,4 +307,87 @@ func BenchmarkMatchHost(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(len(aliases)), "modaliases")
+}
+
+func TestNetwork(t *testing.T) {
+	tests := []struct {
+		modalias string
+		want     bool
+	}{
+		{"pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", true},  // virtio-net's PCI function
+		{"pci:v00008086d000015F3sv00008086sd00000000bc02sc00i00", true},  // Intel I225-V
+		{"pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00", false}, // virtio-blk's PCI function
+		{"pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01", false}, // ICH9 AHCI
+		{"pci:v000002BCd000002BCsv00000000sd00000000bc03sc00i00", false}, // "bc" only as the class's tag
+		{"virtio:d00000001v00001AF4", true},
+		{"virtio:d00000002v00001AF4", false},
+		{"usb:v0BDAp8153d3000dc00dsc00dp00icFFiscFFip00in00", false},
+		{"cpu:type:x86,ven0000fam0006mod0055:feature:,0099,", false},
+		{"pci:", false},
+	}
+	for _, tt := range tests {
+		if got := Network(tt.modalias); got != tt.want {
+			t.Errorf("Network(%q) = %v, want %v", tt.modalias, got, tt.want)
+		}
+	}
+}
+
+// TestColdplugFirst runs a coldplug that loads the network card's drivers
+// first over a tree laid out like QEMU's q35 with a virtio network card
+// and its SATA controller: the virtio PCI function's driver, then the
+// virtio network device's that it brings, and only then the SATA
+// controller's driver with its dependencies.
+func TestColdplugFirst(t *testing.T) {
+	sys := t.TempDir()
+	pci := "pci0000:00/0000:00:03.0"
+	writeModalias(t, sys, "pci", pci, "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00")
+	writeModalias(t, sys, "pci", "pci0000:00/0000:00:1f.2", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01")
+	r := &recorder{onLoad: map[string]func(){
+		"virtio_pci": func() { writeModalias(t, sys, "virtio", pci+"/virtio0", "virtio:d00000001v00001AF4") },
+	}}
+	l := newTestLoader(t, r)
+	rep, err := l.Coldplug(context.Background(), ColdplugOptions{Sysfs: sys, First: Network})
+	if err != nil {
+		t.Fatalf("Coldplug() = %v", err)
+	}
+	if want := []string{"ahci", "virtio_net", "virtio_pci"}; !reflect.DeepEqual(rep.Modules, want) {
+		t.Errorf("Coldplug() modules = %v, want %v", rep.Modules, want)
+	}
+	checkOrder(t, l.index, r.order)
+	last := slices.Index(r.order, "virtio_net")
+	for _, m := range append([]string{"ahci"}, l.index.deps["ahci"]...) {
+		if i := slices.Index(r.order, m); i < last {
+			t.Errorf("Coldplug() loaded %v, want %s after virtio_net", r.order, m)
+		}
+	}
+}
+
+// TestLoadSideBySide loads virtio_pci, whose two transport libraries do
+// not depend on each other: each one's insert waits until the other's has
+// started, which only a loader that loads them side by side passes.
+func TestLoadSideBySide(t *testing.T) {
+	started := map[string]chan struct{}{
+		"virtio_pci_legacy_dev": make(chan struct{}),
+		"virtio_pci_modern_dev": make(chan struct{}),
+	}
+	other := map[string]string{
+		"virtio_pci_legacy_dev": "virtio_pci_modern_dev",
+		"virtio_pci_modern_dev": "virtio_pci_legacy_dev",
+	}
+	l := NewLoader(installedIndex(t), nil)
+	l.insert = func(path string) error {
+		name := Name(path)
+		if o, ok := other[name]; ok {
+			close(started[name])
+			select {
+			case <-started[o]:
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("%s: %s did not start beside it", name, o)
+			}
+		}
+		return nil
+	}
+	if err := l.Load("virtio_pci"); err != nil {
+		t.Errorf("Load(virtio_pci) = %v", err)
+	}
 }

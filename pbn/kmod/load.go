@@ -9,11 +9,16 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 	"golang.org/x/sys/unix"
 )
+
+// maxInserts bounds the modules that a Loader puts into the kernel at a
+// time: more than the few CPUs of a laptop only share them.
+const maxInserts = 4
 
 // moduleInitCompressedFile is finit_module(2)'s flag that asks the kernel
 // to decompress the module itself (Linux 5.17, CONFIG_MODULE_DECOMPRESS).
@@ -28,6 +33,9 @@ type Loader struct {
 	// insert puts one module file into the kernel; tests replace it, since
 	// they must not load modules into the host's kernel.
 	insert func(path string) error
+	// inserts bounds the inserts at a time: the kernel loads modules side
+	// by side, but each costs CPU (its signature's hash, its relocations).
+	inserts chan struct{}
 
 	mu    sync.Mutex
 	state map[string]*loadState
@@ -43,7 +51,8 @@ func NewLoader(x *Index, log *slog.Logger) *Loader {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Loader{index: x, log: log, insert: insertModule, state: map[string]*loadState{}}
+	return &Loader{index: x, log: log, insert: insertModule, inserts: make(chan struct{}, maxInserts),
+		state: map[string]*loadState{}}
 }
 
 // Load loads the modules that name stands for (see [Index.Resolve]) with
@@ -133,19 +142,36 @@ func (l *Loader) loadUncached(name string) error {
 	if !ok {
 		return fmt.Errorf("module %q: %w", name, ErrUnknownModule)
 	}
-	deps := l.index.deps[name]
-	// modules.dep lists the modules a module needs so that the last is
-	// loaded first.
-	for i := len(deps) - 1; i >= 0; i-- {
-		if err := l.load(deps[i]); err != nil {
-			return fmt.Errorf("module %s: dependency: %w", name, err)
-		}
+	if err := l.loadDeps(l.index.deps[name]); err != nil {
+		return fmt.Errorf("module %s: dependency: %w", name, err)
 	}
-	if err := l.insert(path); err != nil {
+	l.inserts <- struct{}{}
+	start := time.Now()
+	err := l.insert(path)
+	took := time.Since(start)
+	<-l.inserts
+	if err != nil {
 		return fmt.Errorf("module %s: %w", name, err)
 	}
-	l.log.Debug("module loaded", "module", name)
+	l.log.Debug("module loaded", "module", name, "took", took)
 	return nil
+}
+
+// loadDeps loads a module's dependencies at once, a goroutine each: every
+// one waits for its own dependencies (modules.dep lists them all, and has
+// no cycles), so that chains that do not meet load side by side.
+func (l *Loader) loadDeps(deps []string) error {
+	errs := make([]error, len(deps))
+	var wg sync.WaitGroup
+	for i, d := range deps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = l.load(d)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // insertModule puts the module file at path into the kernel with

@@ -7,8 +7,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +24,12 @@ type Step struct {
 	Name string
 	// Run does the step's work.
 	Run func(ctx context.Context) error
+	// Background runs the step beside the steps after it: they start at
+	// once, and its phase is stamped when its Run returns.
+	Background bool
+	// After names background steps before this one that must have ended
+	// before its Run starts.
+	After []string
 }
 
 // StepError reports the step that failed. [Run] returns it.
@@ -86,9 +94,9 @@ func (t *Timing) Stamp(name string, start time.Duration) error {
 	end := t.Since()
 	t.mu.Lock()
 	t.phases = append(t.phases, Phase{Name: name, Start: start, End: end})
+	fmt.Fprintf(t.console, "pbn: %s done in %s (at %s)\n", name, ms(end-start), ms(end))
 	t.mu.Unlock()
 
-	fmt.Fprintf(t.console, "pbn: %s done in %s (at %s)\n", name, ms(end-start), ms(end))
 	return t.write()
 }
 
@@ -124,21 +132,77 @@ func ms(d time.Duration) string { return fmt.Sprintf("%d ms", d.Milliseconds()) 
 
 func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// Run runs the steps in order and stamps each that succeeds. It stops at
-// the first step that fails and returns a *StepError naming it; a timing
-// file that cannot be written does not stop the boot.
+// Run runs the steps in order and stamps each that succeeds. A background
+// step runs beside the steps after it until a step waits for it (see
+// [Step.After]) or the last step has run, and Run returns only once every
+// background step has ended. Run stops at the first step that fails, or
+// at the first that waits for a background step that failed; it then
+// cancels the background steps still running, waits for them and returns
+// a *StepError naming the step that failed. A timing file that cannot be
+// written does not stop the boot.
 func Run(ctx context.Context, t *Timing, steps []Step) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bg := map[string]chan error{}
+	all := func() Step { return Step{After: slices.Sorted(maps.Keys(bg))} }
 	for _, s := range steps {
-		if err := ctx.Err(); err != nil {
-			return &StepError{Step: s.Name, Err: err}
+		err := waitFor(bg, s)
+		if err == nil && ctx.Err() != nil {
+			err = &StepError{Step: s.Name, Err: ctx.Err()}
 		}
-		start := t.Since()
-		if err := s.Run(ctx); err != nil {
-			return &StepError{Step: s.Name, Err: err}
+		if err == nil && s.Background {
+			bg[s.Name] = start(ctx, t, s)
+			continue
 		}
-		if err := t.Stamp(s.Name, start); err != nil {
-			fmt.Fprintf(t.console, "pbn: %v\n", err)
+		if err == nil {
+			err = run(ctx, t, s)
+		}
+		if err != nil {
+			cancel()
+			waitFor(bg, all()) // their errors are the cancellation's
+			return err
 		}
 	}
+	return waitFor(bg, all())
+}
+
+// run runs a step and stamps it.
+func run(ctx context.Context, t *Timing, s Step) error {
+	start := t.Since()
+	if err := s.Run(ctx); err != nil {
+		return &StepError{Step: s.Name, Err: err}
+	}
+	if err := t.Stamp(s.Name, start); err != nil {
+		fmt.Fprintf(t.console, "pbn: %v\n", err)
+	}
 	return nil
+}
+
+// start runs a background step and returns the channel that its outcome
+// comes on.
+func start(ctx context.Context, t *Timing, s Step) chan error {
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, t, s) }()
+	return done
+}
+
+// waitFor waits for the background steps that s names in After and
+// forgets them. It returns the error of the first of them that failed, or
+// an error for a name that is no background step started before s.
+func waitFor(bg map[string]chan error, s Step) error {
+	var first error
+	for _, name := range s.After {
+		done, ok := bg[name]
+		var err error
+		if ok {
+			delete(bg, name)
+			err = <-done
+		} else {
+			err = &StepError{Step: s.Name, Err: fmt.Errorf("waits for %q, no background step before it", name)}
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return first
 }

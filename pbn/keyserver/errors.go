@@ -33,6 +33,10 @@ var (
 	// ErrTooManyUsers: the device has as many users as its policy allows
 	// (Claim).
 	ErrTooManyUsers = errors.New("the device has as many users as its policy allows")
+	// ErrRoleRefused: the administrator's role does not allow the call,
+	// such as an enrol-only administrator's (store.RoleEnroll) for
+	// anything but Enroll (administrator methods).
+	ErrRoleRefused = errors.New("the administrator's role does not allow this")
 	// ErrNotFound: no such device or binding (administrator methods,
 	// Revoke).
 	ErrNotFound = errors.New("no such device or binding")
@@ -65,6 +69,7 @@ var (
 	codeNotAllowed     = code{"not-allowed", http.StatusForbidden, ErrNotAllowed}
 	codeUserRemoved    = code{"user-removed", http.StatusForbidden, ErrUserRemoved}
 	codeTooManyUsers   = code{"too-many-users", http.StatusForbidden, ErrTooManyUsers}
+	codeRoleRefused    = code{"role-refused", http.StatusForbidden, ErrRoleRefused}
 	codeNotFound       = code{"not-found", http.StatusNotFound, ErrNotFound}
 	// codeUnknownExchangeKey is tang's ErrUnknownKey: the key was retired.
 	codeUnknownExchangeKey = code{"unknown-exchange-key", http.StatusNotFound, tang.ErrUnknownKey}
@@ -74,7 +79,8 @@ var (
 
 var codes = []code{
 	codeBadRequest, codeTooLarge, codeUnknownKey, codeDeviceLost, codeDeviceRetired,
-	codeBindingRevoked, codeLoginRefused, codeNotAllowed, codeUserRemoved, codeTooManyUsers, codeNotFound,
+	codeBindingRevoked, codeLoginRefused, codeNotAllowed, codeUserRemoved, codeTooManyUsers, codeRoleRefused,
+	codeNotFound,
 	codeUnknownExchangeKey, codeUnavailable, codeInternal,
 }
 
@@ -132,6 +138,8 @@ func Sentence(err error) string {
 		return "This device already has as many users as allowed. Contact the help desk."
 	case errors.Is(err, ErrServerNotPinned), errors.Is(err, ErrUnknownKey):
 		return "The enterprise key server could not be verified. Contact the help desk."
+	case errors.Is(err, ErrRoleRefused):
+		return "This image's key server credential may not do this. Contact your IT department."
 	}
 	return "The enterprise key server cannot be reached. Check the network cable or " +
 		"Wi-Fi, or try again later."

@@ -27,6 +27,7 @@ var messages = []func() versioned{
 	func() versioned { return &signInV1{} },
 	func() versioned { return &signedInV1{} },
 	func() versioned { return &ownerRemoveV1{} },
+	func() versioned { return &adminAddV1{} },
 }
 
 var seeds = []string{
@@ -52,6 +53,7 @@ var seeds = []string{
 		`"administrators":null,"pcrs":[7],"users_per_device":1,"allowed_groups":null},` +
 		`"recovery_key":"MTIz"}`,
 	`{"v":1,"sid":"S-1-5-21-1-2-3-1","reason":"left"}`,
+	`{"v":1,"name":"imaging","role":"enroll","key":"MFkwEwYHKoZIzj0CAQ=="}`,
 	`{"v":2}`, `{"v":1}{}`, `[]`, `{"v":1,"x":"` + "\xff" + `"}`,
 }
 

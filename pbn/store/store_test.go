@@ -48,6 +48,7 @@ func TestStore(t *testing.T) {
 		{"policy", testPolicy},
 		{"audit append-only", testAudit},
 		{"concurrent open", testConcurrentOpen},
+		{"administrators and their roles", testAdmins},
 	}
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {

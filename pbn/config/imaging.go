@@ -16,13 +16,14 @@ import (
 const ImagingCAFile = "imaging-ca.pem"
 
 // ImagingAdminFile, in Dir, is the key server administrator's file
-// (keyserver.AdminFile) that the imaging mode enrolls devices with.
+// (keyserver.AdminFile) that the imaging mode enrolls devices with. Make
+// it an enrol-only administrator's (store.RoleEnroll: pbnctl admin add
+// --role enroll), whom the key server refuses everything but enrolment:
+// anyone who fetches the image from the PXE server has a copy.
 //
-// TODO: the key server has one kind of administrator, so the image of the
-// imaging entry carries a credential that can do everything an
-// administrator does, to anyone who fetches it from the PXE server; a
-// role that may only enroll (and a PXE server only on the imaging
-// network) would limit what a copy gives away.
+// TODO: a copy still enrolls devices until an administrator removes its
+// key, and nothing removes one yet (pbnctl admin remove); a PXE server
+// only on the imaging network limits who gets a copy.
 const ImagingAdminFile = "imaging-admin.json"
 
 // DefaultImagingGroup is the device group that imaging enrolls devices

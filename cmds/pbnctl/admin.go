@@ -5,17 +5,25 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"text/tabwriter"
+	"time"
 
 	"github.com/pbn-project/pbn/pbn/keyserver"
 	"github.com/pbn-project/pbn/pbn/store"
 )
 
-var adminHelp = `usage: pbnctl admin add --out FILE [--role ROLE] [flags] NAME
+var adminHelp = `usage: pbnctl admin SUBCOMMAND [flags] [NAME]
 
-Adds an administrator called NAME to the key server: a new key, made here,
-whose administrator file (the key server's URL and pinned key, and the new
-key) is written to FILE, readable by its owner only. The audit trail names
-NAME for everything done with FILE.
+subcommands:
+  add --out FILE [--role ROLE] NAME   add an administrator; FILE is its file
+  list                                list the administrators and their roles
+  remove --reason TEXT NAME           remove an administrator: its file is
+                                      refused from then on
+
+add makes a new key here and writes the administrator file (the key
+server's URL and pinned key, and the new key) to FILE, readable by its
+owner only. The audit trail names NAME for everything done with FILE. An
+administrator does not remove itself.
 
 roles:
   admin    everything an administrator does (the default)
@@ -24,7 +32,11 @@ roles:
            since anyone who fetches the image from the PXE server has it
 ` + serverHelp
 
-var runAdmin = subcommands("admin", adminHelp, []command{{"add", "", adminAdd}})
+var runAdmin = subcommands("admin", adminHelp, []command{
+	{"add", "", adminAdd},
+	{"list", "", adminList},
+	{"remove", "", adminRemove},
+})
 
 func adminAdd(ctx context.Context, io stdio, args []string) error {
 	s := newServerFlags(io, "admin add", "--out FILE [--role ROLE] [flags] NAME")
@@ -81,4 +93,47 @@ func newAdminFile(path, name string, like *keyserver.AdminFile) (*keyserver.Admi
 		return nil, nil, err
 	}
 	return a, spki, nil
+}
+
+func adminList(ctx context.Context, io stdio, args []string) error {
+	s := newServerFlags(io, "admin list", "[flags]")
+	if err := s.parse(args, 0); err != nil {
+		return err
+	}
+	c, ctx, cancel, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	as, err := c.Admins(ctx)
+	if err != nil {
+		return serverCode(err)
+	}
+	tw := tabwriter.NewWriter(io.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tROLE\tADDED")
+	for _, a := range as {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", a.Name, a.Role, a.Added.Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func adminRemove(ctx context.Context, io stdio, args []string) error {
+	s := newServerFlags(io, "admin remove", "--reason TEXT [flags] NAME")
+	reason := s.reasonFlag()
+	if err := s.parse(args, 1); err != nil {
+		return err
+	}
+	if err := requireReason("admin remove", *reason); err != nil {
+		return err
+	}
+	c, ctx, cancel, err := s.client(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if err := c.RemoveAdmin(ctx, s.fl.Arg(0), *reason); err != nil {
+		return serverCode(err)
+	}
+	fmt.Fprintf(io.out, "administrator %s removed\n", s.fl.Arg(0))
+	return nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,6 +39,10 @@ func TestAdminAdd(t *testing.T) {
 		{"enrol-only lists devices", []string{"device", "list", "--admin", imaging}, exitRole, "role"},
 		{"enrol-only adds an administrator", []string{"admin", "add", "--admin", imaging, "--out",
 			filepath.Join(dir, "d.json"), "escalated"}, exitRole, "role"},
+		{"list", []string{"admin", "list", "--admin", admin}, 0, "imaging     enroll"},
+		{"remove without reason", []string{"admin", "remove", "--admin", admin, "imaging"}, exitUsage, "--reason"},
+		{"remove nobody", []string{"admin", "remove", "--admin", admin, "--reason", "typo", "nobody"},
+			exitNoDevice, "no administrator"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -84,5 +89,15 @@ func TestAdminAdd(t *testing.T) {
 		"enroll by imaging"}
 	if strings.Join(got, ", ") != strings.Join(want, ", ") {
 		t.Errorf("audit trail: %s\nwant %s", strconv.Quote(strings.Join(got, ", ")), strings.Join(want, ", "))
+	}
+
+	// Once removed, the enrol-only file enrolls nothing.
+	if out, code := pbnctl(t, "", "admin", "remove", "--admin", admin, "--reason", "image rebuilt",
+		"imaging"); code != 0 {
+		t.Fatalf("admin remove = %d: %s", code, out)
+	}
+	if _, err := c.Enroll(t.Context(), store.Device{ID: keyfile.NewID(), Hostname: "pbn-2", Group: "laptops",
+		Key: spki}, keyfile.NewID()); !errors.Is(err, keyserver.ErrUnknownKey) {
+		t.Errorf("Enroll with the removed file = %v, want ErrUnknownKey", err)
 	}
 }

@@ -23,7 +23,7 @@ import (
 const (
 	exitUnreachable = 10 // the key server cannot be reached, or is not the pinned one
 	exitNotAdmin    = 11 // the key server does not know the administrator's key
-	exitNoDevice    = 12 // no such device
+	exitNoDevice    = 12 // no such device (or administrator)
 	exitRole        = 13 // the administrator's role does not allow the command
 )
 
@@ -50,7 +50,7 @@ exit codes:
   2   bad flags or arguments
   10  the key server cannot be reached, or its key is not the pinned one
   11  the key server does not know the administrator's key
-  12  no such device
+  12  no such device (or administrator)
   13  the administrator's role does not allow this (an enrol-only one's)
 `
 

@@ -22,8 +22,8 @@ const ImagingCAFile = "imaging-ca.pem"
 // anyone who fetches the image from the PXE server has a copy.
 //
 // TODO: a copy still enrolls devices until an administrator removes its
-// key, and nothing removes one yet (pbnctl admin remove); a PXE server
-// only on the imaging network limits who gets a copy.
+// key (pbnctl admin remove); an expiry on the credential, or a PXE server
+// only on the imaging network, would bound what a copy gives away.
 const ImagingAdminFile = "imaging-admin.json"
 
 // DefaultImagingGroup is the device group that imaging enrolls devices

@@ -67,6 +67,8 @@ func TestEnrollOnlyAdmin(t *testing.T) {
 		{"admin-add", func(ctx context.Context) error {
 			return imaging.AddAdmin(ctx, "escalated", store.RoleAdmin, other)
 		}},
+		{"admins", func(ctx context.Context) error { _, err := imaging.Admins(ctx); return err }},
+		{"admin-remove", func(ctx context.Context) error { return imaging.RemoveAdmin(ctx, "test-admin", "test") }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.route, func(t *testing.T) {
@@ -106,11 +108,22 @@ func TestEnrollOnlyAdmin(t *testing.T) {
 	if _, err := ts.store.Admin(ctx, other); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("Admin(the key the enrol-only administrator added) = %v, want ErrNotFound", err)
 	}
+
+	// A copy of the image's credential is worthless once its key is
+	// removed.
+	if err := ts.admin.RemoveAdmin(ctx, "imaging", "the imaging image was rebuilt"); err != nil {
+		t.Fatalf("RemoveAdmin(imaging) = %v", err)
+	}
+	if _, err := imaging.Enroll(ctx, store.Device{ID: keyfile.NewID(), Hostname: "pbn-2", Group: "laptops",
+		Key: other}, keyfile.NewID()); !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("Enroll by the removed administrator = %v, want ErrUnknownKey", err)
+	}
 }
 
 // TestAddAdmin checks that an administrator adds another, who acts under
-// its own name, that the addition is audited, and that a name is taken
-// once and a role must be one of the roles.
+// its own name, lists and removes it, each change audited; that a name is
+// taken once and a role must be one of the roles; and that an
+// administrator does not remove itself.
 func TestAddAdmin(t *testing.T) {
 	ts := startServer(t, nil, nil)
 	ctx := t.Context()
@@ -135,13 +148,34 @@ func TestAddAdmin(t *testing.T) {
 		t.Errorf("policy event's actor %q, want helpdesk-2", es[1].Actor)
 	}
 
+	as, err := ts.admin.Admins(ctx)
+	if err != nil || len(as) != 2 || as[0].Name != "helpdesk-2" || as[1].Name != "test-admin" ||
+		as[0].Role != store.RoleAdmin {
+		t.Errorf("Admins = %+v, %v; want helpdesk-2 and test-admin, both admin", as, err)
+	}
+	if err := ts.admin.RemoveAdmin(ctx, "test-admin", "leaving"); err == nil {
+		t.Error("RemoveAdmin(itself) = nil, want a refusal")
+	}
+	if err := ts.admin.RemoveAdmin(ctx, "nobody", "typo"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("RemoveAdmin(nobody) = %v, want ErrNotFound", err)
+	}
+	if err := ts.admin.RemoveAdmin(ctx, "helpdesk-2", "left the company"); err != nil {
+		t.Fatalf("RemoveAdmin(helpdesk-2) = %v", err)
+	}
+	if _, err := helpdesk.Policy(ctx, "kiosks"); !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("Policy by the removed administrator = %v, want ErrUnknownKey", err)
+	}
+	if got := kinds(ts.events(t)); !slices.Equal(got, []string{"admin-add", "policy", "admin-remove"}) {
+		t.Errorf("audit trail %v, want [admin-add policy admin-remove]", got)
+	}
+
 	again, _ := PublicKey(newKey(t))
 	for _, tt := range []struct {
 		name string
 		role store.AdminRole
 		key  []byte
 	}{
-		{"helpdesk-2", store.RoleAdmin, again},
+		{"test-admin", store.RoleAdmin, again},
 		{"root", "root", again},
 		{"bad-key", store.RoleEnroll, []byte("not a key")},
 	} {

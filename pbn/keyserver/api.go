@@ -62,6 +62,8 @@ func (s *Server) routes() {
 	s.route("GET /v1/admin/policy/{group}", "policy", admin, s.policy)
 	s.route("PUT /v1/admin/policy/{group}", "policy-set", admin, s.setPolicy)
 	s.route("POST /v1/admin/admins", "admin-add", admin, s.addAdmin)
+	s.route("GET /v1/admin/admins", "admins", admin, s.admins)
+	s.route("POST /v1/admin/admins/remove", "admin-remove", admin, s.removeAdmin)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, "none", refuse(codeNotFound, "no such endpoint"))
 	})

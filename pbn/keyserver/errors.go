@@ -37,8 +37,8 @@ var (
 	// such as an enrol-only administrator's (store.RoleEnroll) for
 	// anything but Enroll (administrator methods).
 	ErrRoleRefused = errors.New("the administrator's role does not allow this")
-	// ErrNotFound: no such device or binding (administrator methods,
-	// Revoke).
+	// ErrNotFound: no such device, binding or administrator
+	// (administrator methods, Revoke).
 	ErrNotFound = errors.New("no such device or binding")
 	// ErrUnavailable: the server cannot reach what it needs (the
 	// directory, its database); try again later (any method).

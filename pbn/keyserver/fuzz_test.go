@@ -28,6 +28,8 @@ var messages = []func() versioned{
 	func() versioned { return &signedInV1{} },
 	func() versioned { return &ownerRemoveV1{} },
 	func() versioned { return &adminAddV1{} },
+	func() versioned { return &adminsV1{} },
+	func() versioned { return &adminRemoveV1{} },
 }
 
 var seeds = []string{
@@ -54,6 +56,8 @@ var seeds = []string{
 		`"recovery_key":"MTIz"}`,
 	`{"v":1,"sid":"S-1-5-21-1-2-3-1","reason":"left"}`,
 	`{"v":1,"name":"imaging","role":"enroll","key":"MFkwEwYHKoZIzj0CAQ=="}`,
+	`{"v":1,"admins":[{"name":"imaging","role":"enroll","added":"2026-01-01T00:00:00Z"}]}`,
+	`{"v":1,"name":"imaging","reason":"image rebuilt"}`,
 	`{"v":2}`, `{"v":1}{}`, `[]`, `{"v":1,"x":"` + "\xff" + `"}`,
 }
 

@@ -21,8 +21,8 @@
 // POST /v1/admin/devices/{id}/state,
 // POST /v1/admin/devices/{id}/owners/remove, POST /v1/admin/revoke,
 // POST /v1/admin/recovery, GET /v1/admin/audit (JSON lines),
-// GET and PUT /v1/admin/policy/{group}, POST /v1/admin/admins (a new
-// administrator). Every change, unlock, claim and recovery read is in the
+// GET and PUT /v1/admin/policy/{group}, GET and POST /v1/admin/admins
+// (the administrators; a new one), POST /v1/admin/admins/remove. Every change, unlock, claim and recovery read is in the
 // audit trail before the answer leaves, and so is every call an
 // administrator's role refuses.
 package keyserver

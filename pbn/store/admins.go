@@ -98,3 +98,36 @@ func (s *Store) Admin(ctx context.Context, spki []byte) (Admin, error) {
 	a.Added = unstamp(added)
 	return a, nil
 }
+
+// Admins returns the administrators, by name.
+func (s *Store) Admins(ctx context.Context) ([]Admin, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, role, added FROM admins ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("store: administrators: %w", err)
+	}
+	defer rows.Close()
+	var as []Admin
+	for rows.Next() {
+		var a Admin
+		var added int64
+		if err := rows.Scan(&a.Name, &a.Role, &added); err != nil {
+			return nil, fmt.Errorf("store: administrators: %w", err)
+		}
+		a.Added = unstamp(added)
+		as = append(as, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: administrators: %w", err)
+	}
+	return as, nil
+}
+
+// RemoveAdmin removes the administrator called name: its key is refused
+// from then on. It returns ErrNotFound when there is none.
+func (s *Store) RemoveAdmin(ctx context.Context, name string) error {
+	err := oneRow(s.db.ExecContext(ctx, `DELETE FROM admins WHERE name = $1`, name))
+	if err != nil {
+		return fmt.Errorf("store: remove administrator %s: %w", name, err)
+	}
+	return nil
+}

@@ -51,4 +51,18 @@ func testAdmins(t *testing.T, dsn string) {
 	if got, err := s.Admin(ctx, imaging); err != nil || got.Name != "imaging" || got.Role != RoleEnroll {
 		t.Errorf("Admin after the refusals = %+v, %v; want imaging, enroll", got, err)
 	}
+
+	as, err := s.Admins(ctx)
+	if err != nil || len(as) != 2 || as[0].Name != "admin" || as[1].Name != "imaging" || as[1].Role != RoleEnroll {
+		t.Errorf("Admins = %+v, %v; want admin, then imaging (enroll)", as, err)
+	}
+	if err := s.RemoveAdmin(ctx, "imaging"); err != nil {
+		t.Fatalf("RemoveAdmin = %v", err)
+	}
+	if _, err := s.Admin(ctx, imaging); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Admin(removed) = %v, want ErrNotFound", err)
+	}
+	if err := s.RemoveAdmin(ctx, "imaging"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("RemoveAdmin(removed) = %v, want ErrNotFound", err)
+	}
 }

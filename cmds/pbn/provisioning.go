@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/ad"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/handoff"
 	"github.com/pbn-project/pbn/pbn/provisioning"
@@ -35,6 +36,9 @@ func (a *agent) provisioning(ctx context.Context) (*keyfile.KeyFile, error) {
 		Prompt:       &provisioning.Terminal{Console: a.con, In: a.conIn},
 		SecureMoment: sm, Tries: a.cmdline.PBN.Tries, Typed: a.timing.Exclude,
 		Entered: func() { a.entered = a.timing.Since() }, Logger: a.log,
+	}
+	if dir, ok := sm.Directory.(*ad.Client); ok && cfg.ChangesPasswords() {
+		st.Passwords = dir
 	}
 	res, err := st.Run(ctx)
 	if err != nil {

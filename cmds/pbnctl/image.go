@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/pbn-project/pbn/initramfs"
+	"github.com/pbn-project/pbn/pbn/config"
 )
 
 // Exit codes of pbnctl image.
@@ -49,8 +50,9 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 	compression := fl.String("compress", string(initramfs.Zstd), "compression: zstd, xz, gzip or none")
 	agent := fl.String("agent", initramfs.AgentPackage, "the Go `package` that becomes /init")
 	modules := fl.String("modules", "", "comma-separated kernel `modules` (default: the built-in list for laptops)")
-	config := fl.String("config", "", "the agent's configuration `file`, as etc/pbn/pbn.conf")
+	confFile := fl.String("config", "", "the agent's configuration `file`, as etc/pbn/pbn.conf")
 	ca := fl.String("ca", "", "the pinned CA certificates, PEM `file`, as etc/pbn/ca.pem")
+	changePassword := fl.String("ad-change-password", "", "the `file` holding the password of the configuration's ad.change_account")
 	var cmds, files multiFlag
 	fl.Var(&cmds, "cmd", "a further Go command `package` for the busybox (u-root's, say); repeatable")
 	fl.Var(&files, "file", "a host file to add, `src:dst` with dst relative to /; repeatable")
@@ -74,11 +76,15 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 	if *modules != "" {
 		cfg.Modules = strings.Split(*modules, ",")
 	}
-	if *config != "" {
-		cfg.Files = append(cfg.Files, initramfs.File{Src: *config, Dst: initramfs.ConfigDir + "/pbn.conf"})
+	if *confFile != "" {
+		cfg.Files = append(cfg.Files, initramfs.File{Src: *confFile, Dst: initramfs.ConfigDir + "/" + config.ConfigFile})
 	}
 	if *ca != "" {
-		cfg.Files = append(cfg.Files, initramfs.File{Src: *ca, Dst: initramfs.ConfigDir + "/ca.pem"})
+		cfg.Files = append(cfg.Files, initramfs.File{Src: *ca, Dst: initramfs.ConfigDir + "/" + config.CAFile})
+	}
+	if *changePassword != "" {
+		cfg.Files = append(cfg.Files, initramfs.File{Src: *changePassword,
+			Dst: initramfs.ConfigDir + "/" + config.ChangePasswordFile})
 	}
 	for _, f := range files {
 		src, dst, ok := strings.Cut(f, ":")

@@ -391,21 +391,47 @@ func auditTail(ctx context.Context, io stdio, args []string) error {
 	return tw.Flush()
 }
 
+// defaultExportPage is how many events each request of an audit export
+// asks for: small enough that each answer streams well within the
+// server's write timeout, large enough that a long trail needs few requests.
+const defaultExportPage = 5000
+
+// auditExport pages through the trail with --after, each page a request
+// of its own under --timeout, until a page comes back empty: a page cut
+// short by the server's timeout is then followed by the rest, not taken
+// for the end.
 func auditExport(ctx context.Context, io stdio, args []string) error {
-	s := newServerFlags(io, "audit export", "[--after SEQ] [flags]")
+	s := newServerFlags(io, "audit export", "[--after SEQ] [--page N] [flags]")
 	after := s.fl.Int64("after", 0, "export the events after this sequence number")
+	page := s.fl.Int64("page", defaultExportPage, "events per request (--timeout bounds each)")
 	if err := s.parse(args, 0); err != nil {
 		return err
 	}
-	c, ctx, cancel, err := s.client(ctx)
+	if *page < 1 {
+		return usageError("audit export: --page wants 1 or more")
+	}
+	c, _, cancel, err := s.client(ctx)
 	if err != nil {
 		return err
 	}
-	defer cancel()
+	cancel()
 	enc := json.NewEncoder(io.out)
-	return serverCode(c.Audit(ctx, keyserver.AuditQuery{After: *after}, func(e store.Event) error {
-		return enc.Encode(e)
-	}))
+	for {
+		n := 0
+		pctx, cancel := context.WithTimeout(ctx, s.timeout)
+		err := c.Audit(pctx, keyserver.AuditQuery{After: *after, Limit: *page}, func(e store.Event) error {
+			n++
+			*after = e.Seq
+			return enc.Encode(e)
+		})
+		cancel()
+		if err != nil {
+			return serverCode(err)
+		}
+		if n == 0 {
+			return nil
+		}
+	}
 }
 
 func policyShow(ctx context.Context, io stdio, args []string) error {

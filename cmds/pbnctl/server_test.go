@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -125,20 +126,27 @@ func TestServerCommands(t *testing.T) {
 		})
 	}
 
-	out, code := pbnctl(t, "", "audit", "export", "--admin", admin)
-	if code != 0 {
-		t.Fatalf("audit export = %d: %s", code, out)
-	}
-	var kinds []string
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
-		var e store.Event
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			t.Fatalf("audit export line %q: %v", sc.Text(), err)
+	for _, args := range [][]string{{}, {"--page", "1"}, {"--page", "3"}, {"--after", "1", "--page", "2"}} {
+		want := "enroll device-state recovery policy"
+		if slices.Contains(args, "--after") {
+			want = "device-state recovery policy"
 		}
-		kinds = append(kinds, e.Kind)
-	}
-	if got, want := strings.Join(kinds, " "), "enroll device-state recovery policy"; got != want {
-		t.Errorf("audit export kinds %q, want %q", got, want)
+		args = append([]string{"audit", "export", "--admin", admin}, args...)
+		out, code := pbnctl(t, "", args...)
+		if code != 0 {
+			t.Fatalf("pbnctl %q = %d: %s", args, code, out)
+		}
+		var kinds []string
+		sc := bufio.NewScanner(strings.NewReader(out))
+		for sc.Scan() {
+			var e store.Event
+			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+				t.Fatalf("pbnctl %q line %q: %v", args, sc.Text(), err)
+			}
+			kinds = append(kinds, e.Kind)
+		}
+		if got := strings.Join(kinds, " "); got != want {
+			t.Errorf("pbnctl %q kinds %q, want %q", args, got, want)
+		}
 	}
 }

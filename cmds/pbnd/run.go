@@ -33,6 +33,8 @@ type config struct {
 	data, listen, tangListen, metricsListen string
 	url, db, masterKey, tlsKey, logLevel    string
 	shutdown                                time.Duration
+	maxConns, tangBurst                     int
+	tangRate                                float64
 	ad                                      adFlags
 }
 
@@ -62,6 +64,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.ad.owners, "ad-owner-groups", "", "comma-separated `groups` (SIDs or names) whose members may own devices; empty: any account")
 	fs.StringVar(&c.ad.admins, "ad-admin-groups", "", "comma-separated `groups` of administrators, also allowed to claim")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", keyserver.DefaultShutdownTimeout, "how long to wait for requests in flight when stopping")
+	fs.Float64Var(&c.tangRate, "tang-client-rate", tang.DefaultClientRate, "Tang exchanges per second one client address may make after its burst; 0: no limit")
+	fs.IntVar(&c.tangBurst, "tang-client-burst", tang.DefaultClientBurst, "Tang exchanges one client address may make at once")
+	fs.IntVar(&c.maxConns, "max-connections", keyserver.DefaultMaxConnections, "most TLS API `connections` open at once; clients beyond it wait")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: pbnd --data DIR [flags]\n\n"+
 			"exit codes: 0 stopped cleanly, 1 failed to start or serve, 2 bad flags\n\nflags:\n")
@@ -173,7 +178,7 @@ func serve(ctx context.Context, c *config, st *store.Store, keys *tang.Keys, log
 	ex := &exchange{}
 	ex.keys.Store(keys)
 	srv, err := keyserver.New(keyserver.Config{Store: st, Key: tlsKey, URL: url, Exchange: ex,
-		Directory: dir, Log: log, ShutdownTimeout: c.shutdown})
+		Directory: dir, Log: log, ShutdownTimeout: c.shutdown, MaxConnections: c.maxConns})
 	if err != nil {
 		return err
 	}
@@ -186,6 +191,7 @@ func serve(ctx context.Context, c *config, st *store.Store, keys *tang.Keys, log
 	fmt.Fprintf(stdout, "pbnd: serving %s, pin %s\n", url, pin)
 
 	tangHandler := tang.NewHandler(keys, log)
+	tangHandler.SetClientLimit(c.tangRate, c.tangBurst)
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
 	wg.Go(func() { errs <- srv.Serve(ctx, ln) })

@@ -47,11 +47,9 @@ type Identity struct {
 	// DN is the account's distinguished name.
 	DN string
 	// Groups are the groups the account belongs to, nested ones included,
-	// and its primary group (primaryGroupID, usually Domain Users), which AD
-	// does not list in member.
-	//
-	// TODO: the groups that the primary group is nested in are missing; AD
-	// links them to the primary group, which the in-chain rule does not see.
+	// its primary group (primaryGroupID, usually Domain Users), which AD
+	// does not list in member, and the groups the primary group is nested
+	// in.
 	Groups []Group
 	// Owner and Admin say whether the account is in an owner or an
 	// administrator group of the configuration.
@@ -216,11 +214,17 @@ var errNotFound = errors.New("the bound account is not found in the base DN")
 const inChain = "1.2.840.113556.1.4.1941"
 
 // groups returns every group that dn is a member of, directly or through
-// other groups.
+// other groups, and, with primarySID, the primary group and every group it
+// is a member of. The account's membership of its primary group is not a
+// member link, so the in-chain rule starts a second chain at the primary
+// group, named by its SID in the extended DN form "<SID=...>" that AD
+// accepts wherever a DN is expected (MS-ADTS 3.1.1.3.1.2.4): one search
+// still.
 func (c *Client) groups(s *session, dn, primarySID string) ([]Group, error) {
 	filter := "(member:" + inChain + ":=" + ldap.EscapeFilter(dn) + ")"
 	if primarySID != "" {
-		filter = "(|" + filter + "(objectSid=" + ldap.EscapeFilter(primarySID) + "))"
+		sid := ldap.EscapeFilter(primarySID)
+		filter = "(|" + filter + "(objectSid=" + sid + ")(member:" + inChain + ":=<SID=" + sid + ">))"
 	}
 	filter = "(&(objectClass=group)" + filter + ")"
 	res, err := s.search(ldap.NewSearchRequest(c.cfg.BaseDN, ldap.ScopeWholeSubtree,

@@ -54,7 +54,8 @@ var users = []samba.User{
 }
 
 // setup creates the users and the groups: alice is in pbn-staff, which is in
-// pbn-owners (nested); carol is in pbn-admins.
+// pbn-owners (nested); carol is in pbn-admins; Domain Users, everyone's
+// primary group, is in pbn-everyone.
 func setup(t testing.TB) fixture {
 	t.Helper()
 	dc := samba.Shared(t)
@@ -77,6 +78,9 @@ func setup(t testing.TB) fixture {
 		var admins string
 		if err == nil {
 			admins, err = dc.AddGroup("pbn-admins", dns["carol"])
+		}
+		if err == nil {
+			_, err = dc.AddGroup("pbn-everyone", "CN=Domain Users,CN=Users,"+dc.BaseDN)
 		}
 		if err != nil {
 			fixErr = err
@@ -219,8 +223,10 @@ func TestIdentity(t *testing.T) {
 		}
 	}
 	slices.Sort(names)
-	if want := []string{"Domain Users", "pbn-owners", "pbn-staff"}; !slices.Equal(names, want) {
-		t.Errorf("Groups = %v, want %v (pbn-owners through nesting, Domain Users as the primary group)", names, want)
+	// Users is BUILTIN\Users, which AD puts Domain Users in.
+	if want := []string{"Domain Users", "Users", "pbn-everyone", "pbn-owners", "pbn-staff"}; !slices.Equal(names, want) {
+		t.Errorf("Groups = %v, want %v (pbn-owners through nesting, Domain Users as the primary group, "+
+			"Users and pbn-everyone through the primary group)", names, want)
 	}
 	if !id.Owner || id.Admin {
 		t.Errorf("Owner, Admin = %v, %v; want true, false", id.Owner, id.Admin)

@@ -4,7 +4,7 @@
 // The image holds it in /etc/pbn (initramfs.ConfigDir): pbn.conf, a JSON
 // object (see Config), and ca.pem, the CA certificates that issued the
 // domain controllers' certificates; with an imaging section, imaging-ca.pem
-// too (see Imaging).
+// too (see Imaging); with a change account, ad-change-password too.
 //
 // Each key file names its key server and pins its key, but the ESP that
 // holds the key files is not encrypted: a key file planted there could
@@ -37,6 +37,7 @@ import (
 
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/ad"
+	"github.com/pbn-project/pbn/pbn/secret"
 )
 
 // Dir is where the image keeps the configuration.
@@ -46,7 +47,12 @@ const Dir = "/etc/pbn"
 const (
 	ConfigFile = "pbn.conf"
 	CAFile     = "ca.pem"
+	// ChangePasswordFile holds AD.ChangeAccount's password, one line.
+	ChangePasswordFile = "ad-change-password"
 )
+
+// maxAccount bounds AD.ChangeAccount.
+const maxAccount = 256
 
 // Version is the configuration format this package reads.
 const Version = 1
@@ -87,9 +93,19 @@ type AD struct {
 	DCs []string `json:"dcs,omitempty"`
 	// LDAPS reaches DCs found in DNS by LDAPS.
 	LDAPS bool `json:"ldaps,omitempty"`
+	// ChangeAccount is the account that the prompt binds as to change a
+	// user's expired password (ad.Config.ChangeAccount), as name@domain
+	// or DOMAIN\name; its password is the file ChangePasswordFile. Any
+	// ordinary account of the domain will do, and should: AD lets every
+	// authenticated account send a change that carries the old password,
+	// and the image holding its password gives a copy of the image no
+	// more than that account's rights. Empty: the prompt tells people
+	// whose password has expired to change it elsewhere.
+	ChangeAccount string `json:"change_account,omitempty"`
 
-	// ca is the content of ca.pem.
-	ca []byte
+	// ca is the content of ca.pem; changePassword of ChangePasswordFile.
+	ca             []byte
+	changePassword secret.Bytes
 }
 
 // KeyServer pins the enterprise key server as keyfile.Server does.
@@ -162,6 +178,16 @@ func Load(dir string) (*Config, error) {
 			return nil, fmt.Errorf("config: the domain controllers' CA: %w", err)
 		}
 	}
+	if c.AD.ChangeAccount != "" {
+		pw, err := readFile(filepath.Join(dir, ChangePasswordFile))
+		if err != nil {
+			return nil, fmt.Errorf("config: the change account's password: %w", err)
+		}
+		c.AD.changePassword = secret.Bytes(bytes.TrimRight(pw, "\r\n"))
+		if len(c.AD.changePassword) == 0 {
+			return nil, fmt.Errorf("config: %s is empty", ChangePasswordFile)
+		}
+	}
 	if c.Imaging != nil {
 		if c.Imaging.ca, err = readFile(filepath.Join(dir, ImagingCAFile)); err != nil {
 			return nil, fmt.Errorf("config: the imaging server's CA: %w", err)
@@ -209,8 +235,11 @@ func (c *Config) check() error {
 	if c.Version != Version {
 		return fmt.Errorf("version %d, want %d", c.Version, Version)
 	}
-	if c.AD.Domain == "" && (len(c.AD.DCs) > 0 || c.AD.LDAPS) {
-		return errors.New("ad: domain controllers without a domain")
+	if c.AD.Domain == "" && (len(c.AD.DCs) > 0 || c.AD.LDAPS || c.AD.ChangeAccount != "") {
+		return errors.New("ad: domain controllers or a change account without a domain")
+	}
+	if len(c.AD.ChangeAccount) > maxAccount {
+		return fmt.Errorf("ad: change_account longer than %d bytes", maxAccount)
 	}
 	if k := c.KeyServer; k != nil {
 		if u, err := url.Parse(k.URL); err != nil || u.Scheme != "https" || u.Host == "" {
@@ -248,5 +277,10 @@ func (c *Config) ADConfig(now func() time.Time) (ad.Config, error) {
 	if !c.HasAD() {
 		return ad.Config{}, errors.New("config: no Active Directory domain configured")
 	}
-	return ad.Config{Domain: c.AD.Domain, DCs: c.AD.DCs, LDAPS: c.AD.LDAPS, CA: c.AD.ca, Now: now}, nil
+	return ad.Config{Domain: c.AD.Domain, DCs: c.AD.DCs, LDAPS: c.AD.LDAPS, CA: c.AD.ca, Now: now,
+		ChangeAccount: c.AD.ChangeAccount, ChangeAccountPassword: c.AD.changePassword}, nil
 }
+
+// ChangesPasswords says whether the prompt can change an expired
+// password: the configuration names a change account.
+func (c *Config) ChangesPasswords() bool { return c.AD.ChangeAccount != "" }

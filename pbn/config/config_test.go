@@ -48,6 +48,47 @@ func TestLoad(t *testing.T) {
 	}
 }
 
+// TestLoadChangeAccount: a change account's password is read from its own
+// file, never from pbn.conf, and goes to the directory's configuration.
+func TestLoadChangeAccount(t *testing.T) {
+	dir := t.TempDir()
+	conf := `{"version": 1, "ad": {"domain": "corp.example.test", "change_account": "pbn-change@corp.example.test"}}`
+	for name, b := range map[string]string{ConfigFile: conf, CAFile: "PEM"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(b), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "change account") {
+		t.Fatalf("Load without %s = %v, want an error naming it", ChangePasswordFile, err)
+	}
+	pwFile := filepath.Join(dir, ChangePasswordFile)
+	if err := os.WriteFile(pwFile, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("Load with an empty password file = %v, want an error", err)
+	}
+	if err := os.WriteFile(pwFile, []byte("S3rvice-pass\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.ADConfig(time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.ChangesPasswords() || a.ChangeAccount != "pbn-change@corp.example.test" ||
+		string(a.ChangeAccountPassword) != "S3rvice-pass" {
+		t.Errorf("ADConfig = account %q, password of %d bytes; want the change account and its password without the newline",
+			a.ChangeAccount, len(a.ChangeAccountPassword))
+	}
+	if strings.Contains(fmt.Sprintf("%+v", c), "S3rvice") {
+		t.Error("the change account's password shows in the printed configuration")
+	}
+}
+
 func TestLoadMissing(t *testing.T) {
 	c, err := Load(t.TempDir())
 	if err != nil {
@@ -68,6 +109,8 @@ func TestParseRefuses(t *testing.T) {
 		{"unknown field", `{"version": 1, "server": "x"}`, `unknown field "server"`},
 		{"two values", `{"version": 1} {}`, "more than one"},
 		{"dcs without domain", `{"version": 1, "ad": {"dcs": ["ldaps://dc"]}}`, "without a domain"},
+		{"change account without domain", `{"version": 1, "ad": {"change_account": "x@y"}}`, "without a domain"},
+		{"long change account", `{"version": 1, "ad": {"domain": "d.test", "change_account": "` + strings.Repeat("x", 257) + `"}}`, "change_account"},
 		{"negative countdown", `{"version": 1, "autoboot": {"countdown": "-1s"}}`, "countdown"},
 		{"huge countdown", `{"version": 1, "autoboot": {"countdown": "1h"}}`, "countdown"},
 		{"countdown number", `{"version": 1, "autoboot": {"countdown": 5}}`, "duration"},

@@ -205,3 +205,44 @@ func (c *Console) Ask(prompt, wrong string, tries int, check func(secret.Bytes) 
 	}
 	return took, ErrTooManyTries
 }
+
+// Asker is what NewPassword needs of a console; *Console is one.
+type Asker interface {
+	Say(format string, args ...any)
+	Password(prompt string) (secret.Bytes, time.Duration, error)
+}
+
+// ErrMismatch says the two entries of a new password never matched.
+var ErrMismatch = errors.New("the new password was not typed the same twice")
+
+// NewPassword has the person choose a new password: typed twice, masked,
+// asked again while the two entries differ or are empty, at most tries
+// times. It returns the password and the time spent typing; ErrMismatch
+// when the entries never matched, ErrClosed when the input ends.
+func NewPassword(a Asker, tries int) (secret.Bytes, time.Duration, error) {
+	var took time.Duration
+	for range tries {
+		first, d, err := a.Password("New password: ")
+		took += d
+		if err != nil {
+			return nil, took, err
+		}
+		if len(first) == 0 {
+			continue
+		}
+		again, d, err := a.Password("New password again: ")
+		took += d
+		if err != nil {
+			first.Wipe()
+			return nil, took, err
+		}
+		same := first.Equal(again)
+		again.Wipe()
+		if same {
+			return first, took, nil
+		}
+		first.Wipe()
+		a.Say("The two passwords are not the same. Type the new password again.")
+	}
+	return nil, took, ErrMismatch
+}

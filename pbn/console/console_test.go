@@ -174,3 +174,33 @@ func TestSayWaitsForPassword(t *testing.T) {
 		t.Errorf("the terminal shows %q, want the prompt and its stars before the progress line", got)
 	}
 }
+
+func TestNewPassword(t *testing.T) {
+	tests := []struct {
+		name, typed string
+		want        string // "" for an error
+		wantErr     error
+		mismatches  int
+	}{
+		{"same twice", "n3w-Pass\rn3w-Pass\r", "n3w-Pass", nil, 0},
+		{"differ, then same", "n3w-Pass\rn3w-Pas\rn3w-Pass\rn3w-Pass\r", "n3w-Pass", nil, 1},
+		{"empty asked again", "\rn3w-Pass\rn3w-Pass\r", "n3w-Pass", nil, 0},
+		{"never the same", "a\rb\rc\rd\re\rf\r", "", ErrMismatch, 3},
+		{"input ends", "n3w-Pass\r", "", ErrClosed, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			pw, _, err := NewPassword(New(strings.NewReader(tt.typed), &out), 3)
+			if !errors.Is(err, tt.wantErr) || string(pw) != tt.want {
+				t.Errorf("NewPassword = %d bytes, %v; want %q, %v", len(pw), err, tt.want, tt.wantErr)
+			}
+			if got := strings.Count(out.String(), "not the same"); got != tt.mismatches {
+				t.Errorf("said the entries differ %d times, want %d", got, tt.mismatches)
+			}
+			if strings.Contains(out.String(), "n3w") {
+				t.Errorf("the console shows the password:\n%s", out.String())
+			}
+		})
+	}
+}

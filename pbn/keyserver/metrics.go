@@ -15,7 +15,10 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 }
 
-func newMetrics(reg prometheus.Registerer, inFlight *atomic.Int64) (*metrics, error) {
+// newMetrics registers the metrics on reg (a registry of their own when
+// nil); inFlight and open count the requests being handled and the
+// connections open.
+func newMetrics(reg prometheus.Registerer, inFlight *atomic.Int64, open func() int) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbnd_requests_total",
@@ -35,7 +38,11 @@ func newMetrics(reg prometheus.Registerer, inFlight *atomic.Int64) (*metrics, er
 		Name: "pbnd_requests_in_flight",
 		Help: "Requests of the TLS API being handled.",
 	}, func() float64 { return float64(inFlight.Load()) })
-	for _, c := range []prometheus.Collector{m.requests, m.duration, busy} {
+	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pbnd_connections_open",
+		Help: "Connections open to the TLS API; at the configured maximum, new ones wait.",
+	}, func() float64 { return float64(open()) })
+	for _, c := range []prometheus.Collector{m.requests, m.duration, busy, conns} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -114,6 +114,10 @@ type Config struct {
 	// Timeouts; zero means the default of the same name.
 	ReadHeaderTimeout, ReadTimeout, WriteTimeout, IdleTimeout time.Duration
 	LoginTimeout, ShutdownTimeout                             time.Duration
+
+	// MaxConnections caps the connections open at once; zero means
+	// DefaultMaxConnections. Clients beyond it wait to be accepted.
+	MaxConnections int
 }
 
 // Server is the key server's TLS API.
@@ -126,6 +130,9 @@ type Server struct {
 	mux     *http.ServeMux
 	// inFlight counts the requests being handled.
 	inFlight atomic.Int64
+	// conns is the listener Serve takes connections from, for the
+	// connection gauge.
+	conns atomic.Pointer[limitListener]
 }
 
 // New makes a server from cfg.
@@ -139,6 +146,9 @@ func New(cfg Config) (*Server, error) {
 	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&cfg.LoginTimeout, DefaultLoginTimeout)
 	setDefault(&cfg.ShutdownTimeout, DefaultShutdownTimeout)
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
 	s := &Server{cfg: cfg, log: cfg.Log}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -151,7 +161,7 @@ func New(cfg Config) (*Server, error) {
 	if s.pub, err = PublicKey(cfg.Key); err != nil {
 		return nil, err
 	}
-	if s.metrics, err = newMetrics(cfg.Registerer, &s.inFlight); err != nil {
+	if s.metrics, err = newMetrics(cfg.Registerer, &s.inFlight, s.openConnections); err != nil {
 		return nil, err
 	}
 	s.routes()
@@ -190,6 +200,14 @@ func (s *Server) TLSConfig() *tls.Config {
 	}
 }
 
+// openConnections returns how many connections Serve has open.
+func (s *Server) openConnections() int {
+	if l := s.conns.Load(); l != nil {
+		return l.open()
+	}
+	return 0
+}
+
 // Serve serves the API over TLS on ln until ctx ends, then stops taking
 // connections and waits up to the shutdown timeout for the requests in
 // flight to finish. It returns nil after a clean shutdown.
@@ -205,11 +223,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
-	// TODO: cap the number of open connections: each stalled client is
-	// cut off after the timeouts, but a flood of them still holds file
-	// descriptors and memory until then.
+	limited := newLimitListener(ln, s.cfg.MaxConnections)
+	s.conns.Store(limited)
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(tls.NewListener(ln, srv.TLSConfig)) }()
+	go func() { done <- srv.Serve(tls.NewListener(limited, srv.TLSConfig)) }()
 
 	select {
 	case err := <-done:

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -253,4 +254,56 @@ func TestHealthAndMetrics(t *testing.T) {
 	if !seen {
 		t.Errorf("pbnd_requests_total not counted after a request")
 	}
+}
+
+// TestMaxConnections holds the only connection slot with a client that
+// never starts its TLS handshake, and checks that another client is not
+// served until that connection is gone.
+func TestMaxConnections(t *testing.T) {
+	ts := startServer(t, nil, nil, func(c *Config) {
+		c.MaxConnections = 1
+		c.ReadHeaderTimeout = time.Minute // the stalled client keeps its slot
+	})
+	stalled, err := net.Dial("tcp", strings.TrimPrefix(ts.url, "https://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	if !waitFor(5*time.Second, func() bool { return ts.openConnections() == 1 }) {
+		t.Fatalf("open connections = %d, want 1 for the stalled client", ts.openConnections())
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	if err := ts.admin.Healthy(ctx); err == nil {
+		t.Fatal("Healthy answered while the only slot was held")
+	}
+	stalled.Close()
+	ts.admin.CloseIdleConnections()
+	if err := ts.admin.Healthy(t.Context()); err != nil {
+		t.Fatalf("Healthy after the stalled client left = %v", err)
+	}
+	mfs, err := ts.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "pbnd_connections_open" {
+			if got := mf.GetMetric()[0].GetGauge().GetValue(); got != 1 {
+				t.Errorf("pbnd_connections_open = %v, want 1 (the admin's kept-alive connection)", got)
+			}
+			return
+		}
+	}
+	t.Error("no pbnd_connections_open metric")
+}
+
+// waitFor polls cond every 10 ms until it holds or d has passed.
+func waitFor(d time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }

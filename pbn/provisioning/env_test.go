@@ -30,10 +30,13 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(samba.Main(m)) }
 
-// The user of every test; the password meets the domain's rules.
+// The user of every test; the password meets the domain's rules. newHire
+// must change it at the first sign-in, through changeAccount.
 const (
-	user     = "carol"
-	password = "Corr3ct-horse"
+	user          = "carol"
+	password      = "Corr3ct-horse"
+	newHire       = "dave"
+	changeAccount = "pbn-change"
 )
 
 // testTimeout bounds each test's work with the real components.
@@ -49,7 +52,13 @@ func sharedDC(t *testing.T) *samba.DC {
 	t.Helper()
 	dc := samba.Shared(t)
 	dcOnce.Do(func() {
-		_, dcErr = dc.AddUser(context.Background(), samba.User{Name: user, Password: password})
+		for _, u := range []samba.User{{Name: user, Password: password},
+			{Name: newHire, Password: password, State: samba.MustChange},
+			{Name: changeAccount, Password: password}} {
+			if _, dcErr = dc.AddUser(context.Background(), u); dcErr != nil {
+				return
+			}
+		}
 	})
 	if dcErr != nil {
 		t.Fatalf("DC fixture: %v", dcErr)

@@ -105,6 +105,12 @@ type SecureMoment interface {
 	Run(ctx context.Context, account string, password secret.Bytes) (*securemoment.Result, error)
 }
 
+// PasswordChanger changes an account's password from old to new;
+// *ad.Client is one, with a change account configured.
+type PasswordChanger interface {
+	ChangePassword(ctx context.Context, account string, old, new secret.Bytes) error
+}
+
 // Stage is the provisioning stage of one boot.
 type Stage struct {
 	// Provisioning is the provisioning key file, as read from the ESP.
@@ -122,6 +128,11 @@ type Stage struct {
 	// Prompt is the person; SecureMoment runs their sign-in.
 	Prompt       Prompt
 	SecureMoment SecureMoment
+	// Passwords, when set, changes a password that the directory says
+	// has expired or must change (the first sign-in of a new account,
+	// typically), and the sign-in goes on with the new one. Nil: the
+	// person is told to change it elsewhere.
+	Passwords PasswordChanger
 	// Tries is how many wrong passwords the sign-in takes; zero means
 	// DefaultTries.
 	Tries int
@@ -220,27 +231,65 @@ func (s *Stage) signIn(ctx context.Context) (*Result, error) {
 			s.Entered()
 		}
 		res, err := s.SecureMoment.Run(ctx, account, password)
+		if ad.NeedsNewPassword(err) && s.Passwords != nil {
+			var changed secret.Bytes
+			if changed, err = s.changePassword(ctx, account, password, err); err == nil {
+				password.Wipe()
+				password = changed
+				res, err = s.SecureMoment.Run(ctx, account, password)
+			}
+		}
 		password.Wipe()
 		if err == nil {
 			return &Result{Mode: SignedIn, KeyFile: res.KeyFile, SecureMoment: res}, nil
 		}
 		// Not the account: people type their password there too.
 		s.logger().Warn("sign-in failed", "err", err)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, console.ErrClosed) {
 			return nil, err
 		}
-		// TODO: an expired password, or one that must change
-		// (ad.NeedsNewPassword), should be changed at this prompt
-		// (ad.Client.ChangePassword) and the sign-in go on; until then
-		// the person is told to change it elsewhere.
 		if WrongPassword(err) {
 			if wrongs++; wrongs >= tries {
 				return nil, fmt.Errorf("%w: %w", ErrNoSignIn, console.ErrTooManyTries)
 			}
 		}
-		s.Prompt.Say("%s", securemoment.Sentence(err))
+		s.Prompt.Say("%s", signInSentence(err))
 	}
 	return nil, fmt.Errorf("%w: %d sign-ins failed", ErrNoSignIn, MaxSignIns)
+}
+
+// signInSentence returns what to tell the person about a failed sign-in:
+// a secure moment's or a password change's.
+func signInSentence(err error) string {
+	var se *securemoment.StepError
+	var ae *ad.Error
+	switch {
+	case errors.Is(err, console.ErrMismatch):
+		return "The new password was not typed the same twice, so your password is not changed. " +
+			"Sign in again."
+	case !errors.As(err, &se) && errors.As(err, &ae):
+		return ae.Sentence()
+	}
+	return securemoment.Sentence(err)
+}
+
+// changePassword has the person choose a new password, after why, the
+// directory's refusal of old, is said; changes it in the directory; and
+// returns it. The caller wipes old and the new password.
+func (s *Stage) changePassword(ctx context.Context, account string, old secret.Bytes, why error) (secret.Bytes, error) {
+	s.Prompt.Say("%s", securemoment.Sentence(why))
+	pw, took, err := console.NewPassword(s.Prompt, cmp.Or(s.Tries, DefaultTries))
+	s.typed(took)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Passwords.ChangePassword(ctx, account, old, pw); err != nil {
+		pw.Wipe()
+		return nil, err
+	}
+	s.logger().Info("password changed at the prompt", "account", account)
+	s.Prompt.Say("Your password is changed. Signing in with the new one.")
+	return pw, nil
 }
 
 // maxEmpty bounds the empty entries the prompt takes in a row.

@@ -13,6 +13,7 @@ import (
 	"github.com/pbn-project/pbn/pbn/console"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/keyserver"
+	"github.com/pbn-project/pbn/pbn/secret"
 	"github.com/pbn-project/pbn/pbn/securemoment"
 	"github.com/pbn-project/pbn/pbn/store"
 )
@@ -166,6 +167,49 @@ func TestSignIn(t *testing.T) {
 	}
 	if e.unlocks(t) == 0 {
 		t.Error("the server recorded no unlock for the secure moment's keyslot")
+	}
+}
+
+// TestSignInChangesPassword: a new account whose password must change at
+// the first sign-in chooses a new one at the prompt, and the secure moment
+// goes on with it.
+func TestSignInChangesPassword(t *testing.T) {
+	e := newEnv(t)
+	s := newSession(t)
+	const newPassword = "N3w-battery-staple"
+	s.typeIn(t, "\r"+newHire+"\r"+password+"\r"+newPassword+"\r"+newPassword+"\r")
+	s.in.Close()
+	st := e.stage(t, s, e.ad, nil)
+	changer, err := ad.New(ad.Config{Domain: e.dc.DNSDomain, DCs: []string{e.dc.LDAPS()}, CA: e.dc.CA.PEM,
+		ChangeAccount: changeAccount + "@" + e.dc.DNSDomain, ChangeAccountPassword: secret.Bytes(password)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Passwords = changer
+
+	res, err := st.Run(testContext(t))
+	if err != nil {
+		t.Fatalf("Run = %v\n%s", err, s.out)
+	}
+	defer res.KeyFile.Close()
+	if h := res.KeyFile.Header(); !strings.HasPrefix(h.UPN, newHire+"@") {
+		t.Errorf("key file of %q, want %s's", h.UPN, newHire)
+	}
+	out := s.out.String()
+	for _, want := range []string{ad.PasswordMustChange.Sentence(), "New password: ****", "New password again: ****",
+		"Your password is changed."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("console:\n%s\nwant %q", out, want)
+		}
+	}
+	if _, err := e.ad.Login(testContext(t), newHire, secret.Bytes(newPassword)); err != nil {
+		t.Errorf("Login with the new password = %v", err)
+	}
+	// The old password is not checked: Samba still takes it for an hour
+	// ("old password allowed period"), as Windows does for NTLM.
+	// The key file opens with the password chosen at the prompt.
+	if _, err := e.volume.Find(testContext(t), res.KeyFile.Keyring().FDE); err != nil {
+		t.Errorf("the new key file's FDE secret: Find = %v", err)
 	}
 }
 

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -32,20 +34,107 @@ type Event struct {
 }
 
 // Append adds e to the audit trail, stamped with the current time, and
-// returns it with its Seq and Time.
+// returns it with its Seq and Time once it is durable. When ctx ends
+// first, Append returns ctx's error and the event may still be written.
 func (s *Store) Append(ctx context.Context, e Event) (Event, error) {
 	e.Time = s.now().UTC()
 	detail, err := json.Marshal(e.Detail)
 	if err != nil {
 		return e, fmt.Errorf("store: audit %s: %w", e.Kind, err)
 	}
-	err = s.queryRow(ctx, `INSERT INTO audit (at, kind, device_id, actor, remote, detail)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq`,
-		stamp(e.Time), e.Kind, e.Device, e.Actor, e.Remote, string(detail)).Scan(&e.Seq)
+	if s.appends == nil {
+		err = s.queryRow(ctx, insertEvent, eventArgs(e, detail)...).Scan(&e.Seq)
+	} else {
+		err = s.queueAppend(ctx, &e, detail)
+	}
 	if err != nil {
 		return e, fmt.Errorf("store: audit %s: %w", e.Kind, err)
 	}
 	return e, nil
+}
+
+const insertEvent = `INSERT INTO audit (at, kind, device_id, actor, remote, detail)
+	VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq`
+
+func eventArgs(e Event, detail []byte) []any {
+	return []any{stamp(e.Time), e.Kind, e.Device, e.Actor, e.Remote, string(detail)}
+}
+
+// Bounds of a batch of audit events.
+const (
+	// appendBatch is how many events at most share one transaction.
+	appendBatch = 256
+	// appendTimeout bounds writing one batch.
+	appendTimeout = 10 * time.Second
+)
+
+// appendReq is an Append waiting for the batcher.
+type appendReq struct {
+	e      *Event
+	detail []byte
+	done   chan error // buffered: the batcher never waits on it
+}
+
+// queueAppend hands e to the batcher and waits for its commit.
+func (s *Store) queueAppend(ctx context.Context, e *Event, detail []byte) error {
+	r := &appendReq{e: e, detail: detail, done: make(chan error, 1)}
+	select {
+	case s.appends <- r:
+	case <-s.closing:
+		return errClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// errClosed is Append's error after Close.
+var errClosed = errors.New("the store is closed")
+
+// batchAppends writes the events that Appends hand over, until Close.
+// SQLite syncs its log at every commit (synchronous FULL) and has one
+// writer, so one event per transaction would cost one disk sync each:
+// the events that arrive while a batch commits go together in the next
+// transaction and share its sync, and each Append still returns only
+// after its own event is durable.
+func (s *Store) batchAppends() {
+	defer close(s.batcherDone)
+	for {
+		var batch []*appendReq
+		select {
+		case r := <-s.appends:
+			batch = append(batch, r)
+		case <-s.closing:
+			return
+		}
+	more:
+		for len(batch) < appendBatch {
+			select {
+			case r := <-s.appends:
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), appendTimeout)
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			for _, r := range batch {
+				if err := tx.QueryRowContext(ctx, insertEvent, eventArgs(*r.e, r.detail)...).Scan(&r.e.Seq); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		cancel()
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
 }
 
 // Events returns up to limit events with a Seq above after, oldest first.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -47,6 +48,7 @@ func TestStore(t *testing.T) {
 		{"server keys shared", testServerKeys},
 		{"policy", testPolicy},
 		{"audit append-only", testAudit},
+		{"concurrent appends", testConcurrentAppends},
 		{"concurrent open", testConcurrentOpen},
 		{"administrators and their roles", testAdmins},
 	}
@@ -359,5 +361,58 @@ func testConcurrentOpen(t *testing.T, dsn string) {
 	var n int
 	if err := s.db.QueryRow(`SELECT COUNT(*) FROM schema_version`).Scan(&n); err != nil || n != len(migrations) {
 		t.Errorf("schema_version rows = %d, %v, want %d", n, err, len(migrations))
+	}
+}
+
+// testConcurrentAppends appends from many goroutines at once (with
+// SQLite, in batches that share a commit) and checks that every Append
+// got its own event back, each readable under its Seq, and that Append
+// after Close fails rather than losing the event silently.
+func testConcurrentAppends(t *testing.T, dsn string) {
+	s := open(t, dsn)
+	const n = 200
+	got := make([]Event, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			e, err := s.Append(t.Context(), Event{Kind: "unlock", Actor: "device",
+				Detail: map[string]string{"i": strconv.Itoa(i)}})
+			got[i] = e
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("Append = %v", err)
+		}
+	}
+	all, err := s.Events(t.Context(), 0, 2*n)
+	if err != nil || len(all) != n {
+		t.Fatalf("Events = %d events, %v; want %d", len(all), err, n)
+	}
+	bySeq := map[int64]string{}
+	for _, e := range all {
+		bySeq[e.Seq] = e.Detail["i"]
+	}
+	for i, e := range got {
+		if bySeq[e.Seq] != strconv.Itoa(i) {
+			t.Fatalf("Append %d returned Seq %d, which holds event %q", i, e.Seq, bySeq[e.Seq])
+		}
+	}
+
+	if _, err := s.Append(t.Context(), Event{Kind: "cancelled", Actor: "device"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := s.Append(ctx, Event{Kind: "cancelled", Actor: "device"}); !errors.Is(err, context.Canceled) {
+		t.Errorf("Append with a cancelled context = %v, want context.Canceled", err)
+	}
+	s.Close()
+	if _, err := s.Append(t.Context(), Event{Kind: "closed", Actor: "device"}); err == nil {
+		t.Error("Append after Close = nil, want an error")
 	}
 }

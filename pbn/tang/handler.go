@@ -33,23 +33,27 @@ const (
 // a status and a fixed short text that reveals nothing about the keys: 404
 // for an unknown key, 400 for a malformed request or a point not on the
 // curve, 413 for a body over MaxRequestBody, 415 for a body that is not
-// JSON, 405 for a wrong method.
+// JSON, 405 for a wrong method, 429 for a client address past its
+// exchanges (DefaultClientRate, DefaultClientBurst).
 type Handler struct {
-	keys atomic.Pointer[Keys]
-	mux  *http.ServeMux
-	log  *slog.Logger
+	keys    atomic.Pointer[Keys]
+	mux     *http.ServeMux
+	log     *slog.Logger
+	clients atomic.Pointer[clientLimiter]
 	// BodyTimeout bounds the time a client may take to send its request
 	// body; zero means DefaultBodyTimeout. Set it before serving.
 	BodyTimeout time.Duration
 }
 
-// NewHandler returns a handler serving keys. log receives one debug
-// record a refused request; nil discards them.
+// NewHandler returns a handler serving keys, with the default limit on
+// each client address's exchanges. log receives one debug record a
+// refused request; nil discards them.
 func NewHandler(keys *Keys, log *slog.Logger) *Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := &Handler{mux: http.NewServeMux(), log: log}
+	h.SetClientLimit(DefaultClientRate, DefaultClientBurst)
 	h.keys.Store(keys)
 	h.mux.HandleFunc("GET /adv", h.adv)
 	h.mux.HandleFunc("GET /adv/{$}", h.adv)
@@ -60,6 +64,17 @@ func NewHandler(keys *Keys, log *slog.Logger) *Handler {
 
 // SetKeys makes the handler serve keys from now on, as after a rotation.
 func (h *Handler) SetKeys(keys *Keys) { h.keys.Store(keys) }
+
+// SetClientLimit lets each client address make burst exchanges at once
+// and rate a second after that, counted afresh from now; a rate of zero
+// or less lifts the limit.
+func (h *Handler) SetClientLimit(rate float64, burst int) {
+	if rate <= 0 {
+		h.clients.Store(nil)
+		return
+	}
+	h.clients.Store(newClientLimiter(rate, max(burst, 1)))
+}
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -97,11 +112,12 @@ func (h *Handler) advFor(w http.ResponseWriter, r *http.Request) {
 	reply(w, "application/jose+json", adv)
 }
 
-// TODO: the handler does not limit exchanges per client address. Each
-// costs one scalar multiplication (about 2 ms on P-521), so a flood from
-// one host can take the server's CPU; the key server should rate-limit
-// per address in front of it.
 func (h *Handler) rec(w http.ResponseWriter, r *http.Request) {
+	if l := h.clients.Load(); l != nil && !l.allow(r.RemoteAddr) {
+		w.Header().Set("Retry-After", "1")
+		h.refuse(w, r, http.StatusTooManyRequests, "too many requests")
+		return
+	}
 	keys := h.keys.Load()
 	kid := r.PathValue("kid")
 	key := keys.exchanger(kid)

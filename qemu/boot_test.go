@@ -55,9 +55,14 @@ func pbnDisk(t testing.TB) (initramfs.Kernel, string, string, string) {
 	return f.kernel, f.image, f.disk, f.luksUUID
 }
 
+// pbnFixtureTimeout bounds making the fixture: the image's build takes
+// four minutes alone on a 2-core machine that other guests load, and the
+// guest that fills the disk one more.
+const pbnFixtureTimeout = 10 * time.Minute
+
 func makePBNFixture() error {
 	f := &pbnFixture
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), pbnFixtureTimeout)
 	defer cancel()
 	fde := secret.Random(32)
 	kf, err := keyfile.New(keyfile.Header{ID: keyfile.NewID(), Kind: keyfile.KindUser, DeviceID: keyfile.NewID(),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -257,7 +258,8 @@ func TestPXEImaging(t *testing.T) {
 }
 
 // checkImaged checks an imaged disk from the host: PBN's partition table,
-// and the kernel on the ESP.
+// and on the ESP the kernel and the enterprise's image, which carries no
+// imaging credential.
 func checkImaged(t *testing.T, ctx context.Context, p string) {
 	t.Helper()
 	f, err := os.Open(p)
@@ -272,15 +274,19 @@ func checkImaged(t *testing.T, ctx context.Context, p string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kernel := filepath.Join(t.TempDir(), "vmlinuz")
-	img := p + "@@" + strconv.FormatUint(parts[0].FirstLBA*512, 10)
-	if err := run(ctx, "mcopy", "-i", img, "::EFI/PBN/vmlinuz", kernel); err != nil {
-		t.Fatal(err)
-	}
+	esp := p + "@@" + strconv.FormatUint(parts[0].FirstLBA*512, 10)
 	k, _, _ := pxeBase(t)
-	want, _ := os.ReadFile(k.Image)
-	if got, _ := os.ReadFile(kernel); !bytes.Equal(got, want) {
-		t.Errorf("EFI/PBN/vmlinuz on the ESP: %d bytes, want the kernel's %d", len(got), len(want))
+	for name, src := range map[string]string{"EFI/PBN/vmlinuz": k.Image,
+		"EFI/PBN/pbn.img": sharedImagingLab(t).Installed} {
+		got := filepath.Join(t.TempDir(), path.Base(name))
+		if err := run(ctx, "mcopy", "-i", esp, "::"+name, got); err != nil {
+			t.Fatal(err)
+		}
+		g, _ := os.ReadFile(got)
+		want, _ := os.ReadFile(src)
+		if !bytes.Equal(g, want) {
+			t.Errorf("%s on the ESP: %d bytes, want %s's %d", name, len(g), src, len(want))
+		}
 	}
 }
 

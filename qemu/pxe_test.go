@@ -198,9 +198,9 @@ const (
 // enrolled with its TPM; and the laptop reboots into the provisioning
 // stage, boots unattended and runs the tiny OS from the payload.
 func TestPXEImaging(t *testing.T) {
+	e := sharedImagingLab(t) // before the deadline: the first call makes the fixtures
 	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
 	defer cancel()
-	e := sharedImagingLab(t)
 	disk := blankDisk(t)
 
 	e.writeScript(t, "pbn.payload="+ImagingURL(slowPrefix+"tinyos.ext4"))
@@ -294,9 +294,9 @@ func checkImaged(t *testing.T, ctx context.Context, p string) {
 // with a configuration that does not allow overwriting: the agent says so
 // and the disk stays as it was.
 func TestPXEImagingRefuses(t *testing.T) {
+	e := sharedImagingLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
-	e := sharedImagingLab(t)
 	e.writeScript(t, "")
 	p := blankDisk(t)
 	if err := run(ctx, "mkfs.ext4", "-q", "-F", p); err != nil {

@@ -251,7 +251,7 @@ func (l *Lab) startSwtpm(ctx context.Context, name, dir, mode, sock string) (*Pr
 		return nil, err
 	}
 	deadline := time.Now().Add(DefaultSwtpmWait)
-	for !fileExists(sock) {
+	for !listening(p.cmd.Process.Pid, sock) {
 		if p.Exited() {
 			return nil, fmt.Errorf("lab: swtpm for %s exited: %v", name, p.err)
 		}
@@ -268,6 +268,34 @@ func (l *Lab) startSwtpm(ctx context.Context, name, dir, mode, sock string) (*Pr
 	}
 	return p, nil
 }
+
+// listening reports whether the process pid listens on the Unix socket
+// at path. The file appears when the socket is bound, a moment before it
+// listens, when a connection is still refused; the kernel's table of the
+// process's Unix sockets (unix(7), /proc/net/unix, per network namespace)
+// says when it listens, without connecting to it.
+func listening(pid int, path string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/unix", pid))
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(b)) {
+		// Num RefCount Protocol Flags Type St Inode Path
+		f := strings.Fields(line)
+		if len(f) != 8 || f[7] != path {
+			continue
+		}
+		flags, err := strconv.ParseUint(f[3], 16, 32)
+		if err == nil && flags&soAcceptCon != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// soAcceptCon is __SO_ACCEPTCON, the flag of a listening socket in
+// /proc/net/unix.
+const soAcceptCon = 1 << 16
 
 // Wait waits for the laptop to power off, or ctx to end. A guest that
 // powers off makes QEMU exit 0.

@@ -14,10 +14,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pbn-project/pbn/keyfile"
+	"github.com/pbn-project/pbn/pbn/ad"
 	"github.com/pbn-project/pbn/pbn/console"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/handoff"
 	"github.com/pbn-project/pbn/pbn/keyserver"
+	"github.com/pbn-project/pbn/pbn/provisioning"
+	"github.com/pbn-project/pbn/pbn/secret"
 	"github.com/pbn-project/pbn/pbn/signin"
 	"github.com/pbn-project/pbn/pbn/tpm"
 )
@@ -129,9 +132,9 @@ func (a *agent) connect(ctx context.Context, d *signin.Device) {
 	// authenticated (it opens only after the server's answer); the
 	// keyfiles step kept only key files bound to the server that the
 	// image's configuration pins (agent.trusted).
-	// TODO: an image whose configuration pins no key server still trusts
-	// whatever server a key file on the ESP names; pbnctl image build
-	// should require the pin.
+	// An image whose configuration pins no key server trusts the server
+	// a key file names; pbnctl image build refuses to build one that
+	// names a domain.
 	var srv keyfile.Server
 	for _, f := range a.files {
 		if srv = f.Header().Server; srv.URL != "" {
@@ -207,7 +210,30 @@ func (a *agent) signIn(ctx context.Context, d *signin.Device, account string,
 	}
 	defer pw.Wipe()
 	<-connected
-	return d.SignIn(ctx, account, pw)
+	res, err := d.SignIn(ctx, account, pw)
+	if dir, ok := d.Directory.(*ad.Client); ok && ad.NeedsNewPassword(err) && a.changesPasswords() {
+		// The directory takes the new password; the sign-in then finds
+		// the key file sealed to the old one and has the key server
+		// vouch for the new one, as after a change made elsewhere.
+		var changed secret.Bytes
+		changed, took, err = console.ChangePassword(a.con, signin.Sentence(err), max(a.cmdline.PBN.Tries, 1),
+			func(changed secret.Bytes) error { return dir.ChangePassword(ctx, account, pw, changed) })
+		a.timing.Exclude(took)
+		if err != nil {
+			return nil, err
+		}
+		defer changed.Wipe()
+		a.log.Info("password changed at the prompt", "account", account)
+		return d.SignIn(ctx, account, changed)
+	}
+	return res, err
+}
+
+// changesPasswords says whether the image's configuration names an account
+// to change expired passwords with.
+func (a *agent) changesPasswords() bool {
+	c, err := a.loadConfig()
+	return err == nil && c.ChangesPasswords()
 }
 
 func (a *agent) recover(ctx context.Context, d *signin.Device) (*signin.Result, error) {
@@ -225,17 +251,16 @@ func (a *agent) recover(ctx context.Context, d *signin.Device) (*signin.Result, 
 	return d.Recover(ctx, k)
 }
 
-// ask reads a choice at the prompt.
-//
-// TODO: the console reads only masked input, so the account shows as
-// stars; it needs an echoed line of its own.
+// ask reads a choice at the prompt, echoed as typed: a user's number,
+// an account or R.
 func (a *agent) ask(prompt string) (string, error) {
-	b, took, err := a.con.Password(prompt)
+	t := provisioning.Terminal{Console: a.con, In: a.conIn}
+	choice, took, err := t.Account(prompt)
 	a.timing.Exclude(took)
 	if err != nil {
 		return "", err
 	}
-	return strings.TrimSpace(string(b)), nil
+	return strings.TrimSpace(choice), nil
 }
 
 // account returns the account a choice names: a user's number in the

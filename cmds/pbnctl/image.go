@@ -77,6 +77,9 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 		cfg.Modules = strings.Split(*modules, ",")
 	}
 	if *confFile != "" {
+		if err := checkConfig(*confFile); err != nil {
+			return withCode(exitUsage, fmt.Errorf("image build: %w", err))
+		}
 		cfg.Files = append(cfg.Files, initramfs.File{Src: *confFile, Dst: initramfs.ConfigDir + "/" + config.ConfigFile})
 	}
 	if *ca != "" {
@@ -121,6 +124,26 @@ func imageBuild(ctx context.Context, io stdio, args []string) error {
 	}
 	if *report != "" {
 		return os.WriteFile(*report, table.Bytes(), 0o644)
+	}
+	return nil
+}
+
+// checkConfig parses the agent's configuration as the agent will, so that
+// a mistake shows at build time, not at a laptop's boot, and refuses one
+// that names a domain without pinning the key server: the agent would then
+// send users' passwords to whatever server a key file on the (unencrypted)
+// ESP names.
+func checkConfig(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	c, err := config.Parse(b)
+	if err != nil {
+		return err
+	}
+	if c.HasAD() && c.KeyServer == nil {
+		return fmt.Errorf("%s names a domain but pins no key server; add its keyserver entry (url, public_key)", path)
 	}
 	return nil
 }

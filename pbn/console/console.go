@@ -206,20 +206,43 @@ func (c *Console) Ask(prompt, wrong string, tries int, check func(secret.Bytes) 
 	return took, ErrTooManyTries
 }
 
-// Asker is what NewPassword needs of a console; *Console is one.
+// Asker is what ChangePassword needs of a console; *Console is one.
 type Asker interface {
 	Say(format string, args ...any)
 	Password(prompt string) (secret.Bytes, time.Duration, error)
 }
 
-// ErrMismatch says the two entries of a new password never matched.
+// ErrMismatch says the two entries of a new password never matched;
+// MismatchSentence says so to the person.
 var ErrMismatch = errors.New("the new password was not typed the same twice")
 
-// NewPassword has the person choose a new password: typed twice, masked,
-// asked again while the two entries differ or are empty, at most tries
-// times. It returns the password and the time spent typing; ErrMismatch
-// when the entries never matched, ErrClosed when the input ends.
-func NewPassword(a Asker, tries int) (secret.Bytes, time.Duration, error) {
+// MismatchSentence is what to tell the person after ErrMismatch.
+const MismatchSentence = "The new password was not typed the same twice, so your password is not changed. " +
+	"Sign in again."
+
+// ChangePassword has the person choose a new password, after saying why
+// (a plain sentence): typed twice, masked, asked again while the two
+// entries differ or are empty, at most tries times. It hands the password
+// to change (which changes it in the directory, say) and returns it once
+// change accepted it, with the time spent typing. It returns ErrMismatch
+// when the entries never matched, ErrClosed when the input ends, and
+// change's error.
+func ChangePassword(a Asker, why string, tries int, change func(secret.Bytes) error) (secret.Bytes, time.Duration, error) {
+	a.Say("%s", why)
+	pw, took, err := newPassword(a, tries)
+	if err != nil {
+		return nil, took, err
+	}
+	if err := change(pw); err != nil {
+		pw.Wipe()
+		return nil, took, err
+	}
+	a.Say("Your password is changed.")
+	return pw, took, nil
+}
+
+// newPassword reads a new password twice, as ChangePassword describes.
+func newPassword(a Asker, tries int) (secret.Bytes, time.Duration, error) {
 	var took time.Duration
 	for range tries {
 		first, d, err := a.Password("New password: ")

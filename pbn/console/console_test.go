@@ -175,31 +175,52 @@ func TestSayWaitsForPassword(t *testing.T) {
 	}
 }
 
-func TestNewPassword(t *testing.T) {
+func TestChangePassword(t *testing.T) {
+	errRejected := errors.New("rejected")
 	tests := []struct {
 		name, typed string
+		reject      bool
 		want        string // "" for an error
 		wantErr     error
 		mismatches  int
 	}{
-		{"same twice", "n3w-Pass\rn3w-Pass\r", "n3w-Pass", nil, 0},
-		{"differ, then same", "n3w-Pass\rn3w-Pas\rn3w-Pass\rn3w-Pass\r", "n3w-Pass", nil, 1},
-		{"empty asked again", "\rn3w-Pass\rn3w-Pass\r", "n3w-Pass", nil, 0},
-		{"never the same", "a\rb\rc\rd\re\rf\r", "", ErrMismatch, 3},
-		{"input ends", "n3w-Pass\r", "", ErrClosed, 0},
+		{"same twice", "n3w-Pass\rn3w-Pass\r", false, "n3w-Pass", nil, 0},
+		{"differ, then same", "n3w-Pass\rn3w-Pas\rn3w-Pass\rn3w-Pass\r", false, "n3w-Pass", nil, 1},
+		{"empty asked again", "\rn3w-Pass\rn3w-Pass\r", false, "n3w-Pass", nil, 0},
+		{"never the same", "a\rb\rc\rd\re\rf\r", false, "", ErrMismatch, 3},
+		{"input ends", "n3w-Pass\r", false, "", ErrClosed, 0},
+		{"change refuses", "n3w-Pass\rn3w-Pass\r", true, "", errRejected, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			pw, _, err := NewPassword(New(strings.NewReader(tt.typed), &out), 3)
+			var given string
+			pw, _, err := ChangePassword(New(strings.NewReader(tt.typed), &out), "Your password has expired.", 3,
+				func(pw secret.Bytes) error {
+					given = string(pw)
+					if tt.reject {
+						return errRejected
+					}
+					return nil
+				})
 			if !errors.Is(err, tt.wantErr) || string(pw) != tt.want {
-				t.Errorf("NewPassword = %d bytes, %v; want %q, %v", len(pw), err, tt.want, tt.wantErr)
+				t.Errorf("ChangePassword = %d bytes, %v; want %q, %v", len(pw), err, tt.want, tt.wantErr)
 			}
-			if got := strings.Count(out.String(), "not the same"); got != tt.mismatches {
+			if tt.want != "" && given != tt.want {
+				t.Errorf("change was given %q, want %q", given, tt.want)
+			}
+			o := out.String()
+			if got := strings.Count(o, "not the same"); got != tt.mismatches {
 				t.Errorf("said the entries differ %d times, want %d", got, tt.mismatches)
 			}
-			if strings.Contains(out.String(), "n3w") {
-				t.Errorf("the console shows the password:\n%s", out.String())
+			if !strings.HasPrefix(o, "Your password has expired.\n") {
+				t.Errorf("console does not start with why:\n%s", o)
+			}
+			if changed := strings.Contains(o, "Your password is changed."); changed != (err == nil) {
+				t.Errorf("console says changed = %v with error %v:\n%s", changed, err, o)
+			}
+			if strings.Contains(o, "n3w") {
+				t.Errorf("the console shows the password:\n%s", o)
 			}
 		})
 	}

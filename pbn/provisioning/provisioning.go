@@ -265,8 +265,7 @@ func signInSentence(err error) string {
 	var ae *ad.Error
 	switch {
 	case errors.Is(err, console.ErrMismatch):
-		return "The new password was not typed the same twice, so your password is not changed. " +
-			"Sign in again."
+		return console.MismatchSentence
 	case !errors.As(err, &se) && errors.As(err, &ae):
 		return ae.Sentence()
 	}
@@ -277,19 +276,13 @@ func signInSentence(err error) string {
 // directory's refusal of old, is said; changes it in the directory; and
 // returns it. The caller wipes old and the new password.
 func (s *Stage) changePassword(ctx context.Context, account string, old secret.Bytes, why error) (secret.Bytes, error) {
-	s.Prompt.Say("%s", securemoment.Sentence(why))
-	pw, took, err := console.NewPassword(s.Prompt, cmp.Or(s.Tries, DefaultTries))
+	pw, took, err := console.ChangePassword(s.Prompt, securemoment.Sentence(why), cmp.Or(s.Tries, DefaultTries),
+		func(pw secret.Bytes) error { return s.Passwords.ChangePassword(ctx, account, old, pw) })
 	s.typed(took)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		s.logger().Info("password changed at the prompt", "account", account)
 	}
-	if err := s.Passwords.ChangePassword(ctx, account, old, pw); err != nil {
-		pw.Wipe()
-		return nil, err
-	}
-	s.logger().Info("password changed at the prompt", "account", account)
-	s.Prompt.Say("Your password is changed. Signing in with the new one.")
-	return pw, nil
+	return pw, err
 }
 
 // maxEmpty bounds the empty entries the prompt takes in a row.

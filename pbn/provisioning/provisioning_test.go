@@ -197,7 +197,7 @@ func TestSignInChangesPassword(t *testing.T) {
 	}
 	out := s.out.String()
 	for _, want := range []string{ad.PasswordMustChange.Sentence(), "New password: ****", "New password again: ****",
-		"Your password is changed."} {
+		"Your password is changed.\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("console:\n%s\nwant %q", out, want)
 		}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/pbn-project/pbn/keyfile"
 	"github.com/pbn-project/pbn/pbn/ad"
+	"github.com/pbn-project/pbn/pbn/console"
 	"github.com/pbn-project/pbn/pbn/keyserver"
 	"github.com/pbn-project/pbn/pbn/tpm"
 )
@@ -55,6 +56,8 @@ func Sentence(err error) string {
 		return "Several users match that name. Type the whole account, as name@domain."
 	case errors.Is(err, keyfile.ErrWrongRecoveryKey):
 		return "That recovery key does not open this device. Check it and try again."
+	case errors.Is(err, console.ErrMismatch):
+		return console.MismatchSentence
 	}
 	if s := tpm.Prompt(err); s != "" {
 		return s

@@ -169,9 +169,15 @@ func (d *Device) SignIn(ctx context.Context, account string, password secret.Byt
 	if err != nil {
 		return nil, err
 	}
-	s := &session{d: d, files: files, account: account, password: password}
+	s := &session{d: d, files: files, account: account, password: password,
+		pw: keyfile.Remembering(password, d.Argon2)}
 	defer s.closeOthers()
 	s.st = d.loadState()
+	ahead := s.deriveAhead()
+	defer func() {
+		<-ahead
+		s.pw.Wipe()
+	}()
 
 	res, err := s.signIn(ctx)
 	log := d.logger().With("account", account, "took", time.Since(start))
@@ -192,7 +198,56 @@ type session struct {
 	st       *state
 	account  string
 	password secret.Bytes
+	pw       *keyfile.PasswordFactor // remembers its derivations until SignIn returns
 	res      *Result
+}
+
+// deriveAhead derives the password's Argon2id secret for the key file the
+// typed account names while the directory and the key server check the
+// user, and closes the channel it returns when done. The key file then
+// opens without deriving, once both have answered: the TPM, whose
+// dictionary-attack protection counts wrong passwords, is asked only
+// after them, as before. A sign-in that fails waits for the derivation
+// before it returns, at worst the time of one derivation.
+func (s *session) deriveAhead() <-chan struct{} {
+	done := make(chan struct{})
+	f, err := s.byAccount()
+	var params []byte
+	if err == nil {
+		params = passwordParams(f.f)
+	}
+	if params == nil {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		s.pw.DeriveRecovery(params)
+	}()
+	return done
+}
+
+// passwordParams returns the stored parameters of the password factor of
+// the first protector of f that the user's factors open (the password,
+// with or without the TPM), which Open tries first; nil if there is none.
+func passwordParams(f *keyfile.KeyFile) []byte {
+	for _, p := range f.Protectors() {
+		var params []byte
+		opens := true
+		for i, t := range p.Factors {
+			switch t {
+			case keyfile.FactorPassword:
+				params = p.Params[i]
+			case keyfile.FactorTPM:
+			default:
+				opens = false
+			}
+		}
+		if opens && params != nil {
+			return params
+		}
+	}
+	return nil
 }
 
 func (s *session) signIn(ctx context.Context) (*Result, error) {
@@ -572,7 +627,7 @@ func (s *session) byAccount() (stored, error) {
 // factors returns the factors of the user's TPM and password protector,
 // sealing to pcrs (empty: the default).
 func (s *session) factors(pcrs tpm.PCRSelection) []keyfile.Factor {
-	return securemoment.Factors(s.d.TPM, pcrs, s.password, s.d.Argon2)
+	return securemoment.FactorsWith(s.d.TPM, pcrs, s.password, s.pw)
 }
 
 // tpmClock reads the TPM's Clock, nil when there is none to read.

@@ -23,6 +23,16 @@ func signIn(t *testing.T, d *Device, account, pw string) (*Result, error) {
 	return res, err
 }
 
+// failedTries returns the TPM's dictionary-attack counter.
+func failedTries(t *testing.T, e *env) uint32 {
+	t.Helper()
+	info, err := e.tpm.Info(testContext(t))
+	if err != nil {
+		t.Fatalf("Info = %v", err)
+	}
+	return info.FailedTries
+}
+
 func at(d *Device, t time.Time) *Device {
 	n := *d
 	n.Now = func() time.Time { return t }
@@ -65,9 +75,16 @@ func TestDeployed(t *testing.T) {
 			}
 		}},
 		{"wrong password online", func(t *testing.T) {
+			// The password's derivation runs beside the directory's
+			// check; the TPM is asked only after the directory and the
+			// server accepted, so its dictionary-attack counter stays.
+			before := failedTries(t, e)
 			_, err := signIn(t, d.Device, alice, "Wr0ng-horse")
 			if !WrongPassword(err) || ad.ReasonOf(err) != ad.WrongCredentials {
 				t.Errorf("SignIn(wrong password) = %v, want the directory's wrong credentials", err)
+			}
+			if got := failedTries(t, e); got != before {
+				t.Errorf("the TPM's failed tries after a wrong password online: %d, want %d", got, before)
 			}
 		}},
 		{"offline", func(t *testing.T) {

@@ -20,6 +20,7 @@ import (
 	"github.com/pbn-project/pbn/pbn/config"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/keyserver"
+	"github.com/pbn-project/pbn/pbn/store"
 )
 
 // The owner an administrator assigns before the imaging.
@@ -44,10 +45,20 @@ func ownerImage(t *testing.T, e *imagingLab, upn string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(t.TempDir(), "owner.img")
+	// Naming the owner takes an administrator of the admin role: the
+	// enrolment's answer holds the owner's keys, which the enrol-only
+	// credential of the shared imaging image may not get.
+	tmp := t.TempDir()
+	admin, err := e.ent.adminFile(t.Context(), filepath.Join(tmp, config.ImagingAdminFile), "owner-imaging",
+		store.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(tmp, "owner.img")
 	dir := strings.TrimPrefix(config.Dir, "/")
 	if err := appendArchive(p, e.path, []cpio.Record{
-		cpio.StaticFile(path.Join(dir, config.ConfigFile), string(conf), 0o644)}); err != nil {
+		cpio.StaticFile(path.Join(dir, config.ConfigFile), string(conf), 0o644),
+		cpio.StaticFile(path.Join(dir, config.ImagingAdminFile), string(admin), 0o600)}); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(p)

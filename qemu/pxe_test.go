@@ -3,21 +3,16 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/u-root/mkuimage/cpio"
 
 	"github.com/pbn-project/pbn/initramfs"
 	"github.com/pbn-project/pbn/keyfile"
@@ -56,10 +51,6 @@ func pxeBase(t testing.TB) (initramfs.Kernel, string, string) {
 	return k, image, f.payload
 }
 
-// pxeAppend is the PXE entry's kernel command line in the lab: the serial
-// console, and panic=-1, as Laptop gives direct boots.
-const pxeAppend = "console=ttyS0 panic=-1 quiet"
-
 // writePXE writes the PXE directory for the image at img into dir, with
 // extra on the kernel command line; a test's laptops log with pbn.debug,
 // a benchmark's do not, since every line costs time on the serial port.
@@ -70,7 +61,7 @@ func writePXE(t testing.TB, dir string, img []byte, extra string) {
 		extra = "pbn.debug " + extra
 	}
 	if err := initramfs.WritePXE(dir, k, img, initramfs.PXE{BaseURL: PXEBaseURL,
-		Append: pxeAppend + " " + extra}); err != nil {
+		Append: PXEAppend + " " + extra}); err != nil {
 		t.Fatalf("WritePXE = %v", err)
 	}
 }
@@ -105,15 +96,15 @@ func TestPXEBoot(t *testing.T) {
 	}
 }
 
-// imagingLab is the shared enterprise's lab set up to image laptops from
-// the network: the imaging server with the tiny OS as the payload, the
-// PXE service, and an image whose configuration, beside the enterprise's,
-// points at both and carries the administrator's file to enroll with.
+// imagingLab is the shared enterprise's ImagingLab, with the names the
+// tests use: ent, pxe (the PXE directory), path (the imaging image, as a
+// file) and image (its content).
 type imagingLab struct {
+	*ImagingLab
 	ent   *Enterprise
-	pxe   string // the PXE directory
-	image []byte // the imaging image
-	path  string // the imaging image, as a file
+	pxe   string
+	image []byte
+	path  string
 }
 
 var imagingFixture struct {
@@ -122,6 +113,8 @@ var imagingFixture struct {
 	err  error
 }
 
+// sharedImagingLab returns the shared enterprise's imaging lab, starting
+// it on the first call.
 func sharedImagingLab(t testing.TB) *imagingLab {
 	t.Helper()
 	k, _, payload := pxeBase(t)
@@ -137,97 +130,34 @@ func sharedImagingLab(t testing.TB) *imagingLab {
 func startImaging(k initramfs.Kernel, ent *Enterprise, base, payload string) (*imagingLab, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	e := &imagingLab{ent: ent, pxe: filepath.Join(fixtures.dir, "pxe"),
-		path: filepath.Join(fixtures.dir, "imaging.img")}
-	files := filepath.Join(fixtures.dir, "imaging-files")
-	if err := os.MkdirAll(files, 0o755); err != nil {
-		return nil, err
-	}
-	for name, src := range map[string]string{"tinyos.ext4": payload, "vmlinuz": k.Image, "pbn.img": e.path} {
-		if err := os.Symlink(src, filepath.Join(files, name)); err != nil {
-			return nil, err
-		}
-	}
-	ca, err := ent.Lab.ServeImaging(imagingHandler(files))
+	m, err := ent.StartImaging(ctx, ImagingOptions{Kernel: k, Image: base, Payload: payload, Dir: fixtures.dir})
 	if err != nil {
 		return nil, err
 	}
-	cfg := ent.Config()
-	cfg.Imaging = &config.Imaging{Payload: ImagingURL("tinyos.ext4"), Kernel: ImagingURL("vmlinuz"),
-		Image: ImagingURL("pbn.img"), ESPMiB: 32}
-	conf, err := json.Marshal(cfg)
-	if err != nil {
-		return nil, err
-	}
-	admin, err := os.ReadFile(filepath.Join(ent.Lab.Dir, "pbnd", "admin.json"))
-	if err != nil {
-		return nil, err
-	}
-	dir := strings.TrimPrefix(config.Dir, "/")
-	if err := appendArchive(e.path, base, []cpio.Record{
-		cpio.Directory("etc", 0o755), cpio.Directory(dir, 0o755),
-		cpio.StaticFile(path.Join(dir, config.ConfigFile), string(conf), 0o644),
-		cpio.StaticFile(path.Join(dir, config.ImagingCAFile), string(ca), 0o644),
-		cpio.StaticFile(path.Join(dir, config.ImagingAdminFile), string(admin), 0o600)}); err != nil {
-		return nil, err
-	}
-	if e.image, err = os.ReadFile(e.path); err != nil {
-		return nil, err
-	}
-	if err := initramfs.WritePXE(e.pxe, k, e.image, initramfs.PXE{BaseURL: PXEBaseURL, Append: pxeAppend}); err != nil {
-		return nil, err
-	}
-	if _, err := ent.Lab.StartPXE(ctx, e.pxe); err != nil {
-		return nil, err
-	}
-	return e, nil
+	return &imagingLab{ImagingLab: m, ent: ent, pxe: m.PXEDir, image: m.image, path: m.Image}, nil
 }
 
-// slowPrefix serves the payload at slowRate, so that a test can cut an
-// imaging off while it is written.
-const (
-	slowPrefix = "slow/"
-	slowRate   = 2 << 20 // bytes a second
-)
-
-// imagingHandler serves the files in dir, and under slowPrefix the same
-// files at slowRate.
-func imagingHandler(dir string) http.Handler {
-	files := http.FileServer(http.Dir(dir))
-	mux := http.NewServeMux()
-	mux.Handle("/", files)
-	mux.HandleFunc("/"+slowPrefix, func(w http.ResponseWriter, r *http.Request) {
-		b, err := os.ReadFile(filepath.Join(dir, path.Base(r.URL.Path)))
-		if err != nil {
-			http.NotFound(w, r)
-			return
-		}
-		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-		const chunk = 64 << 10
-		for len(b) > 0 && r.Context().Err() == nil {
-			n := min(chunk, len(b))
-			w.Write(b[:n])
-			w.(http.Flusher).Flush()
-			b = b[n:]
-			time.Sleep(time.Second * chunk / slowRate)
-		}
-	})
-	return mux
-}
+// slowPrefix serves the payload slowly (ImagingSlowPrefix).
+const slowPrefix = ImagingSlowPrefix
 
 // writeScript writes the PXE directory again with extra on the kernel
-// command line; the next network boot takes it.
+// command line; the next network boot takes it. A test's laptops log with
+// pbn.debug, a benchmark's do not.
 func (e *imagingLab) writeScript(t testing.TB, extra string) {
 	t.Helper()
-	writePXE(t, e.pxe, e.image, extra)
+	if _, ok := t.(*testing.T); ok {
+		extra = "pbn.debug " + extra
+	}
+	if err := e.WritePXE(extra); err != nil {
+		t.Fatal(err)
+	}
 }
 
-// blankDisk returns a new sparse disk file of 80 MiB: zeros, as from the
-// factory.
+// blankDisk returns a new blank disk (BlankDisk) in t's directory.
 func blankDisk(t testing.TB) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "disk.img")
-	if err := truncate(p, 80<<20); err != nil {
+	if err := BlankDisk(p); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -237,23 +167,28 @@ func blankDisk(t testing.TB) string {
 // test's shows its console in the test's log.
 func (e *imagingLab) pxeLaptop(t testing.TB, ctx context.Context, name, disk string) *Laptop {
 	t.Helper()
-	var console io.Writer
-	if tt, ok := t.(*testing.T); ok {
-		console = &testWriter{t: tt, name: name}
-	}
-	m, err := e.ent.Lab.Laptop(ctx, name, LaptopOptions{Disks: []string{disk}, Console: console})
+	m, err := e.PXELaptop(ctx, name, disk, LaptopOptions{Console: console(t, name)})
 	if err != nil {
-		t.Fatalf("Laptop = %v", err)
+		t.Fatalf("PXELaptop = %v", err)
 	}
 	return m
 }
 
-// The imaging's lines with the root's LUKS2 UUID, and with the device's
-// and the provisioning key file's IDs.
+// console returns the console writer of a laptop of t's: the test's log
+// for a test, nothing for a benchmark.
+func console(t testing.TB, name string) io.Writer {
+	if tt, ok := t.(*testing.T); ok {
+		return &testWriter{t: tt, name: name}
+	}
+	return nil
+}
+
+// The imaging's lines with the root's LUKS2 UUID, the payload's size, and
+// the device's and the provisioning key file's IDs.
 const (
-	luksRE     = `imaging: ESP formatted, root formatted as LUKS2 ([0-9a-f-]{36})`
-	enrolledRE = `imaging: enrolled as device ([0-9a-f]{32}); provisioning key file ([0-9a-f]{32}) written`
-	payloadRE  = `imaging: payload written: (\d+) bytes in (\S+)\n`
+	luksRE     = ImagingLUKSRE
+	enrolledRE = ImagingEnrolledRE
+	payloadRE  = ImagingPayloadRE
 )
 
 // TestPXEImaging images a blank laptop from the network. The imaging is
@@ -263,10 +198,9 @@ const (
 // enrolled with its TPM; and the laptop reboots into the provisioning
 // stage, boots unattended and runs the tiny OS from the payload.
 func TestPXEImaging(t *testing.T) {
+	e := sharedImagingLab(t) // before the deadline: the first call makes the fixtures
 	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
 	defer cancel()
-	e := sharedImagingLab(t)
-	k, _, _ := pxeBase(t)
 	disk := blankDisk(t)
 
 	e.writeScript(t, "pbn.payload="+ImagingURL(slowPrefix+"tinyos.ext4"))
@@ -303,13 +237,17 @@ func TestPXEImaging(t *testing.T) {
 	if info.Group != config.DefaultImagingGroup || info.State != store.DeviceActive {
 		t.Errorf("Device = %+v, want active in %s", info, config.DefaultImagingGroup)
 	}
+	// The image's credential is the enrol-only administrator's, whom the
+	// audit trail names.
+	if evs := events(t, ctx, e.ent, &Device{ID: id}, "enroll"); len(evs) != 1 || evs[0].Actor != DefaultImagingAdmin {
+		t.Errorf("enroll events %+v, want one by %s", evs, DefaultImagingAdmin)
+	}
 
 	// The provisioning stage's first boot, from the disk, with the TPM
 	// that enrolled: it boots unattended into the payload, the tiny OS,
 	// which shows that imaging wrote it whole into the volume.
-	p, err := e.ent.Lab.Laptop(ctx, "imaged", LaptopOptions{Kernel: k.Image, Initrd: e.path,
-		Disks: []string{disk}, TPMState: m.TPMDir, Console: &testWriter{t: t, name: "imaged"},
-		Append: "quiet pbn.debug rd.luks.uuid=" + uuid})
+	p, err := e.ImagedLaptop(ctx, "imaged", disk, m.TPMDir, uuid, LaptopOptions{
+		Console: &testWriter{t: t, name: "imaged"}, Append: "pbn.debug"})
 	if err != nil {
 		t.Fatalf("Laptop = %v", err)
 	}
@@ -320,7 +258,8 @@ func TestPXEImaging(t *testing.T) {
 }
 
 // checkImaged checks an imaged disk from the host: PBN's partition table,
-// and the kernel on the ESP.
+// and on the ESP the kernel and the enterprise's image, which carries no
+// imaging credential.
 func checkImaged(t *testing.T, ctx context.Context, p string) {
 	t.Helper()
 	f, err := os.Open(p)
@@ -335,15 +274,19 @@ func checkImaged(t *testing.T, ctx context.Context, p string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kernel := filepath.Join(t.TempDir(), "vmlinuz")
-	img := p + "@@" + strconv.FormatUint(parts[0].FirstLBA*512, 10)
-	if err := run(ctx, "mcopy", "-i", img, "::EFI/PBN/vmlinuz", kernel); err != nil {
-		t.Fatal(err)
-	}
+	esp := p + "@@" + strconv.FormatUint(parts[0].FirstLBA*512, 10)
 	k, _, _ := pxeBase(t)
-	want, _ := os.ReadFile(k.Image)
-	if got, _ := os.ReadFile(kernel); !bytes.Equal(got, want) {
-		t.Errorf("EFI/PBN/vmlinuz on the ESP: %d bytes, want the kernel's %d", len(got), len(want))
+	for name, src := range map[string]string{"EFI/PBN/vmlinuz": k.Image,
+		"EFI/PBN/pbn.img": sharedImagingLab(t).Installed} {
+		got := filepath.Join(t.TempDir(), path.Base(name))
+		if err := run(ctx, "mcopy", "-i", esp, "::"+name, got); err != nil {
+			t.Fatal(err)
+		}
+		g, _ := os.ReadFile(got)
+		want, _ := os.ReadFile(src)
+		if !bytes.Equal(g, want) {
+			t.Errorf("%s on the ESP: %d bytes, want %s's %d", name, len(g), src, len(want))
+		}
 	}
 }
 
@@ -351,9 +294,9 @@ func checkImaged(t *testing.T, ctx context.Context, p string) {
 // with a configuration that does not allow overwriting: the agent says so
 // and the disk stays as it was.
 func TestPXEImagingRefuses(t *testing.T) {
+	e := sharedImagingLab(t)
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
 	defer cancel()
-	e := sharedImagingLab(t)
 	e.writeScript(t, "")
 	p := blankDisk(t)
 	if err := run(ctx, "mkfs.ext4", "-q", "-F", p); err != nil {
@@ -375,14 +318,14 @@ func TestPXEImagingRefuses(t *testing.T) {
 }
 
 // BenchmarkPXEImaging images a blank laptop from the network and boots it
-// into the provisioning stage, and reports the time from the power-on to
-// the provisioning stage's first boot (its agent's first line) and the
-// payload's transfer rate into the encrypted volume as the agent measured
-// it. One imaging is one iteration; under TCG, on a shared 2-core machine,
-// both are several times slower than on hardware.
+// into the provisioning stage, and reports the time from the PXE start
+// (the laptop's power-on) to the provisioning stage's first boot (its
+// agent's first line) and the payload's transfer rate into the encrypted
+// volume as the agent measured it. One imaging is one iteration; under
+// TCG, on a shared 2-core machine, both are several times slower than on
+// hardware.
 func BenchmarkPXEImaging(b *testing.B) {
 	e := sharedImagingLab(b)
-	k, _, _ := pxeBase(b)
 	e.writeScript(b, "")
 	var total, rate float64
 	n := 0
@@ -391,29 +334,25 @@ func BenchmarkPXEImaging(b *testing.B) {
 		disk := blankDisk(b)
 		start := time.Now()
 		m := e.pxeLaptop(b, ctx, fmt.Sprintf("bench%d", n), disk)
-		got := expect(b, ctx, m, luksRE, payloadRE, `imaging: done in`)
+		im, err := WaitImaged(ctx, m.Console)
+		if err != nil {
+			b.Fatal(err)
+		}
 		if err := m.Wait(ctx); err != nil {
 			b.Fatal(err)
 		}
 		m.PowerCut()
-		p, err := e.ent.Lab.Laptop(ctx, fmt.Sprintf("bench%d-boot", n), LaptopOptions{Kernel: k.Image,
-			Initrd: e.path, Disks: []string{disk}, TPMState: m.TPMDir, Append: "quiet rd.luks.uuid=" + got[0][1]})
+		p, err := e.ImagedLaptop(ctx, fmt.Sprintf("bench%d-boot", n), disk, m.TPMDir, im.LUKSUUID, LaptopOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}
 		expect(b, ctx, p, `pbn: PBN agent starting`)
-		total += time.Since(start).Seconds()
+		total += float64(time.Since(start).Milliseconds())
 		p.PowerCut()
 		cancel()
-
-		written, _ := strconv.ParseFloat(got[1][1], 64)
-		took, err := time.ParseDuration(got[1][2])
-		if err != nil || took <= 0 {
-			b.Fatalf("payload line %q", got[1][0])
-		}
-		rate += written / (1 << 20) / took.Seconds()
+		rate += im.PayloadRate()
 		n++
 	}
-	b.ReportMetric(total/float64(n), "pxe-to-provisioning-s")
+	b.ReportMetric(total/float64(n), "pxe-to-provisioning-ms")
 	b.ReportMetric(rate/float64(n), "payload-MiB/s")
 }

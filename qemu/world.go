@@ -23,7 +23,7 @@ type Base struct {
 	Image  string
 	Report *initramfs.Report
 	// Template made the disk at Template.Path; its LUKSKey stays set for
-	// the life of the Base.
+	// the life of the Base. It is zero with BaseOptions.ImageOnly.
 	Template DiskSpec
 }
 
@@ -40,13 +40,17 @@ type BaseOptions struct {
 	// Console receives the console of the guest that fills the template's
 	// volume; nil discards it.
 	Console io.Writer
+	// ImageOnly builds the image alone, with no template disk (and no
+	// guest boot to fill it): for laptops that PXE imaging sets up.
+	ImageOnly bool
 }
 
 // templateLUKSMiB is the size of the template disk's LUKS2 partition.
 const templateLUKSMiB = 12
 
 // MakeBase builds a Base: the image (tens of seconds), the template disk
-// and the guest boot that writes the tiny OS into its volume.
+// and the guest boot that writes the tiny OS into its volume (unless
+// opts.ImageOnly).
 func MakeBase(ctx context.Context, opts BaseOptions) (*Base, error) {
 	b := &Base{}
 	var err error
@@ -60,6 +64,9 @@ func MakeBase(ctx context.Context, opts BaseOptions) (*Base, error) {
 	b.Image = filepath.Join(opts.Dir, "pbn.img")
 	if err := os.WriteFile(b.Image, img.Bytes(), 0o644); err != nil {
 		return nil, err
+	}
+	if opts.ImageOnly {
+		return b, nil
 	}
 	fde := opts.LUKSKey
 	if fde == nil {

@@ -49,6 +49,7 @@ var commands = []command{
 	{"recovery", "read a device's escrowed recovery key, with the reason recorded", runRecovery},
 	{"audit", "the key server's audit trail: tail, export as JSON lines", runAudit},
 	{"policy", "device group policies: show, set", runPolicy},
+	{"admin", "the key server's administrators: add (with a role and a file each), list, remove", runAdmin},
 	{"image", "build the pre-boot image (initramfs)", runImage},
 	{"install", "set a system in use up for PBN: enrol it, its user's key file and keyslot, the image", runInstall},
 }

@@ -19,11 +19,12 @@ import (
 )
 
 // Exit codes of the commands that talk to the key server (device,
-// recovery, audit, policy).
+// recovery, audit, policy, admin).
 const (
 	exitUnreachable = 10 // the key server cannot be reached, or is not the pinned one
 	exitNotAdmin    = 11 // the key server does not know the administrator's key
-	exitNoDevice    = 12 // no such device
+	exitNoDevice    = 12 // no such device (or administrator)
+	exitRole        = 13 // the administrator's role does not allow the command
 )
 
 // defaultAdminFile is where --admin looks when neither it nor PBN_ADMIN is
@@ -49,7 +50,8 @@ exit codes:
   2   bad flags or arguments
   10  the key server cannot be reached, or its key is not the pinned one
   11  the key server does not know the administrator's key
-  12  no such device
+  12  no such device (or administrator)
+  13  the administrator's role does not allow this (an enrol-only one's)
 `
 
 var deviceHelp = `usage: pbnctl device SUBCOMMAND [flags] [DEVICE]
@@ -142,15 +144,24 @@ func (s *serverFlags) parse(args []string, n int) error {
 	return nil
 }
 
-// client connects as the administrator file's administrator, and returns
-// a context bounded by --timeout.
-func (s *serverFlags) client(ctx context.Context) (*keyserver.Client, context.Context, context.CancelFunc, error) {
+// adminFile reads the administrator file, with --server's URL if given.
+func (s *serverFlags) adminFile() (*keyserver.AdminFile, error) {
 	a, err := keyserver.ReadAdminFile(s.admin)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	if s.url != "" {
 		a.URL = s.url
+	}
+	return a, nil
+}
+
+// client connects as the administrator file's administrator, and returns
+// a context bounded by --timeout.
+func (s *serverFlags) client(ctx context.Context) (*keyserver.Client, context.Context, context.CancelFunc, error) {
+	a, err := s.adminFile()
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	c, err := a.Client()
 	if err != nil {
@@ -167,6 +178,8 @@ func serverCode(err error) error {
 		return withCode(exitNotAdmin, err)
 	case errors.Is(err, keyserver.ErrNotFound):
 		return withCode(exitNoDevice, err)
+	case errors.Is(err, keyserver.ErrRoleRefused):
+		return withCode(exitRole, err)
 	case errors.Is(err, keyserver.ErrUnreachable), errors.Is(err, keyserver.ErrUnavailable),
 		errors.Is(err, keyserver.ErrServerNotPinned):
 		return withCode(exitUnreachable, err)

@@ -303,11 +303,9 @@ func apiURL(flagValue string, addr net.Addr) (string, error) {
 
 // firstAdmin makes the first administrator's key and file on first start,
 // and on every start authorises the file's key in the database (which may
-// be a new, shared PostgreSQL one).
-//
-// TODO: administrators beyond the first need a way in (pbnctl admin add,
-// and an administrator file each); today they share the first one's file,
-// so the audit trail names them all "admin".
+// be a new, shared PostgreSQL one) with every right (store.RoleAdmin).
+// Administrators beyond the first get a file each from pbnctl admin add,
+// so that the audit trail names each of them.
 func firstAdmin(ctx context.Context, st *store.Store, path, url string, pin []byte) error {
 	a, err := keyserver.ReadAdminFile(path)
 	if errors.Is(err, os.ErrNotExist) {

@@ -16,13 +16,14 @@ import (
 const ImagingCAFile = "imaging-ca.pem"
 
 // ImagingAdminFile, in Dir, is the key server administrator's file
-// (keyserver.AdminFile) that the imaging mode enrolls devices with.
+// (keyserver.AdminFile) that the imaging mode enrolls devices with. Make
+// it an enrol-only administrator's (store.RoleEnroll: pbnctl admin add
+// --role enroll), whom the key server refuses everything but enrolment:
+// anyone who fetches the image from the PXE server has a copy.
 //
-// TODO: the key server has one kind of administrator, so the image of the
-// imaging entry carries a credential that can do everything an
-// administrator does, to anyone who fetches it from the PXE server; a
-// role that may only enroll (and a PXE server only on the imaging
-// network) would limit what a copy gives away.
+// TODO: a copy still enrolls devices until an administrator removes its
+// key (pbnctl admin remove); an expiry on the credential, or a PXE server
+// only on the imaging network, would bound what a copy gives away.
 const ImagingAdminFile = "imaging-admin.json"
 
 // DefaultImagingGroup is the device group that imaging enrolls devices
@@ -65,7 +66,11 @@ type Imaging struct {
 	// means the owner is not known in advance: the provisioning stage's
 	// secure moment makes them one. It is the image's, not the kernel
 	// command line's, because a network boot is not authenticated: a
-	// rogue PXE server could name anyone.
+	// rogue PXE server could name anyone. It needs an ImagingAdminFile of
+	// the admin role, not an enrol-only one: the key server hands the
+	// enrolment the owner's group keys and the enterprise key, so such an
+	// image is for a one-off imaging on a network of the administrator's,
+	// not for a PXE server that anyone can fetch from.
 	Owner string `json:"owner,omitempty"`
 	// Overwrite allows imaging a disk that holds data: a partition table,
 	// a file system or a LUKS header, or a finished PBN installation.

@@ -16,6 +16,10 @@ type access int
 const (
 	anyone access = iota
 	device
+	// enroller is an administrator of any role: store.RoleEnroll, whose
+	// credential the imaging image carries, or store.RoleAdmin.
+	enroller
+	// admin is an administrator of store.RoleAdmin only.
 	admin
 )
 
@@ -25,6 +29,7 @@ type caller struct {
 	// administrator's.
 	device *store.Device
 	admin  string
+	role   store.AdminRole
 	remote string
 }
 
@@ -41,7 +46,7 @@ type handler func(w http.ResponseWriter, r *http.Request, c caller) error
 func (s *Server) routes() {
 	s.mux = http.NewServeMux()
 	s.route("GET /healthz", "healthz", anyone, s.healthz)
-	s.route("POST /v1/enroll", "enroll", admin, s.enroll)
+	s.route("POST /v1/enroll", "enroll", enroller, s.enroll)
 	s.route("GET /v1/exchange-key", "exchange-key", anyone, s.exchangeKey)
 	s.route("POST /v1/unlock", "unlock", device, s.unlock)
 	s.route("POST /v1/claim", "claim", device, s.claim)
@@ -56,6 +61,9 @@ func (s *Server) routes() {
 	s.route("GET /v1/admin/audit", "audit", admin, s.audit)
 	s.route("GET /v1/admin/policy/{group}", "policy", admin, s.policy)
 	s.route("PUT /v1/admin/policy/{group}", "policy-set", admin, s.setPolicy)
+	s.route("POST /v1/admin/admins", "admin-add", admin, s.addAdmin)
+	s.route("GET /v1/admin/admins", "admins", admin, s.admins)
+	s.route("POST /v1/admin/admins/remove", "admin-remove", admin, s.removeAdmin)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, "none", refuse(codeNotFound, "no such endpoint"))
 	})
@@ -69,7 +77,7 @@ func (s *Server) route(pattern, name string, a access, h handler) {
 		s.inFlight.Add(1)
 		defer s.inFlight.Add(-1)
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
-		c, err := s.authenticate(r, a)
+		c, err := s.authenticate(r, name, a)
 		if err == nil {
 			err = h(rec, r, c)
 		}
@@ -80,8 +88,10 @@ func (s *Server) route(pattern, name string, a access, h handler) {
 	})
 }
 
-// authenticate finds who the request's TLS client key belongs to.
-func (s *Server) authenticate(r *http.Request, a access) (caller, error) {
+// authenticate finds who the request's TLS client key belongs to, and
+// refuses an administrator whose role a does not admit, recording the
+// refusal of route in the audit trail.
+func (s *Server) authenticate(r *http.Request, route string, a access) (caller, error) {
 	c := caller{remote: r.RemoteAddr}
 	if a == anyone {
 		return c, nil
@@ -90,13 +100,8 @@ func (s *Server) authenticate(r *http.Request, a access) (caller, error) {
 		return c, refuse(codeUnknownKey, "no TLS client certificate")
 	}
 	spki := r.TLS.PeerCertificates[0].RawSubjectPublicKeyInfo
-	if a == admin {
-		name, err := s.cfg.Store.Admin(r.Context(), spki)
-		if errors.Is(err, store.ErrNotFound) {
-			return c, refuse(codeUnknownKey, "not an administrator's key")
-		}
-		c.admin = name
-		return c, err
+	if a == admin || a == enroller {
+		return s.authenticateAdmin(r, c, spki, route, a)
 	}
 
 	d, err := s.cfg.Store.DeviceByKey(r.Context(), spki)
@@ -113,6 +118,26 @@ func (s *Server) authenticate(r *http.Request, a access) (caller, error) {
 		return c, refuse(codeDeviceRetired, "device %s is retired", d.ID)
 	}
 	c.device = &d
+	return c, nil
+}
+
+func (s *Server) authenticateAdmin(r *http.Request, c caller, spki []byte, route string, a access) (caller, error) {
+	ad, err := s.cfg.Store.Admin(r.Context(), spki)
+	if errors.Is(err, store.ErrNotFound) {
+		return c, refuse(codeUnknownKey, "not an administrator's key")
+	}
+	if err != nil {
+		return c, err
+	}
+	c.admin, c.role = ad.Name, ad.Role
+	if a == admin && c.role != store.RoleAdmin {
+		if err := s.record(r, c, "admin-refused", map[string]string{"route": route,
+			"role": string(c.role)}); err != nil {
+			return c, err
+		}
+		return c, refuse(codeRoleRefused, "administrator %s has the role %s, which may not call %s",
+			c.admin, c.role, route)
+	}
 	return c, nil
 }
 

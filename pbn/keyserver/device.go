@@ -45,6 +45,16 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request, c caller) error 
 		return err
 	}
 	var owner *Identity
+	if m.Owner != "" && c.role != store.RoleAdmin {
+		// The answer holds the owner's group keys and the enterprise
+		// key, which a copy of an imaging credential must not get.
+		if err := s.record(r, c, "admin-refused", map[string]string{"route": "enroll an owned device",
+			"role": string(c.role)}); err != nil {
+			return err
+		}
+		return refuse(codeRoleRefused, "administrator %s has the role %s, which may not name a device's owner",
+			c.admin, c.role)
+	}
 	if m.Owner != "" {
 		if owner, err = s.lookupOwner(ctx, p, m.Owner); err != nil {
 			return err

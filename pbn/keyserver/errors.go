@@ -34,8 +34,12 @@ var (
 	// ErrTooManyUsers: the device has as many users as its policy allows
 	// (Claim).
 	ErrTooManyUsers = errors.New("the device has as many users as its policy allows")
-	// ErrNotFound: no such device or binding (administrator methods,
-	// Revoke).
+	// ErrRoleRefused: the administrator's role does not allow the call,
+	// such as an enrol-only administrator's (store.RoleEnroll) for
+	// anything but Enroll (administrator methods).
+	ErrRoleRefused = errors.New("the administrator's role does not allow this")
+	// ErrNotFound: no such device, binding or administrator
+	// (administrator methods, Revoke).
 	ErrNotFound = errors.New("no such device or binding")
 	// ErrUnknownAccount: the directory has no account of that name that
 	// may sign in, so it cannot own a device (Enroll with an owner).
@@ -69,6 +73,7 @@ var (
 	codeNotAllowed     = code{"not-allowed", http.StatusForbidden, ErrNotAllowed}
 	codeUserRemoved    = code{"user-removed", http.StatusForbidden, ErrUserRemoved}
 	codeTooManyUsers   = code{"too-many-users", http.StatusForbidden, ErrTooManyUsers}
+	codeRoleRefused    = code{"role-refused", http.StatusForbidden, ErrRoleRefused}
 	codeNotFound       = code{"not-found", http.StatusNotFound, ErrNotFound}
 	codeUnknownAccount = code{"unknown-account", http.StatusNotFound, ErrUnknownAccount}
 	// codeUnknownExchangeKey is tang's ErrUnknownKey: the key was retired.
@@ -79,8 +84,8 @@ var (
 
 var codes = []code{
 	codeBadRequest, codeTooLarge, codeUnknownKey, codeDeviceLost, codeDeviceRetired,
-	codeBindingRevoked, codeLoginRefused, codeNotAllowed, codeUserRemoved, codeTooManyUsers, codeNotFound,
-	codeUnknownAccount, codeUnknownExchangeKey, codeUnavailable, codeInternal,
+	codeBindingRevoked, codeLoginRefused, codeNotAllowed, codeUserRemoved, codeTooManyUsers, codeRoleRefused,
+	codeNotFound, codeUnknownAccount, codeUnknownExchangeKey, codeUnavailable, codeInternal,
 }
 
 // refusal is a handler's error that becomes an error answer. Its message
@@ -139,6 +144,8 @@ func Sentence(err error) string {
 		return "The account named as this device's owner does not exist. Contact the help desk."
 	case errors.Is(err, ErrServerNotPinned), errors.Is(err, ErrUnknownKey):
 		return "The enterprise key server could not be verified. Contact the help desk."
+	case errors.Is(err, ErrRoleRefused):
+		return "This image's key server credential may not do this. Contact your IT department."
 	}
 	return "The enterprise key server cannot be reached. Check the network cable or " +
 		"Wi-Fi, or try again later."

@@ -27,6 +27,9 @@ var messages = []func() versioned{
 	func() versioned { return &signInV1{} },
 	func() versioned { return &signedInV1{} },
 	func() versioned { return &ownerRemoveV1{} },
+	func() versioned { return &adminAddV1{} },
+	func() versioned { return &adminsV1{} },
+	func() versioned { return &adminRemoveV1{} },
 }
 
 var seeds = []string{
@@ -65,6 +68,9 @@ var seeds = []string{
 		`"administrators":null,"pcrs":[7],"users_per_device":1,"allowed_groups":null}}}`,
 	`{"v":1,"account":"a@b","password":"cHc=","key_file":"0123456789abcdef0123456789abcdef",` +
 		`"open":"0123456789abcdef0123456789abcdef","reason":"first-sign-in"}`,
+	`{"v":1,"name":"imaging","role":"enroll","key":"MFkwEwYHKoZIzj0CAQ=="}`,
+	`{"v":1,"admins":[{"name":"imaging","role":"enroll","added":"2026-01-01T00:00:00Z"}]}`,
+	`{"v":1,"name":"imaging","reason":"image rebuilt"}`,
 	`{"v":2}`, `{"v":1}{}`, `[]`, `{"v":1,"x":"` + "\xff" + `"}`,
 }
 

@@ -15,13 +15,16 @@
 // bindings use). A device (its key enrolled, the device active):
 // POST /v1/unlock (PBN-mode network unlock), POST /v1/claim (the secure
 // moment), POST /v1/revoke (one of its own bindings), POST /v1/signin (the
-// deployed stage's sign-in). An administrator: POST /v1/enroll,
-// GET /v1/admin/devices, GET /v1/admin/devices/{id},
+// deployed stage's sign-in). An administrator of any role (store.RoleEnroll
+// included, the credential of the imaging image): POST /v1/enroll. An
+// administrator of store.RoleAdmin: GET /v1/admin/devices, GET /v1/admin/devices/{id},
 // POST /v1/admin/devices/{id}/state,
 // POST /v1/admin/devices/{id}/owners/remove, POST /v1/admin/revoke,
 // POST /v1/admin/recovery, GET /v1/admin/audit (JSON lines),
-// GET and PUT /v1/admin/policy/{group}. Every change, unlock, claim and
-// recovery read is in the audit trail before the answer leaves.
+// GET and PUT /v1/admin/policy/{group}, GET and POST /v1/admin/admins
+// (the administrators; a new one), POST /v1/admin/admins/remove. Every change, unlock, claim and recovery read is in the
+// audit trail before the answer leaves, and so is every call an
+// administrator's role refuses.
 package keyserver
 
 import (

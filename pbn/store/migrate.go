@@ -134,6 +134,12 @@ var migrations = []migration{
 				FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()`,
 		},
 	},
+	{
+		// Administrators' roles (AdminRole); the administrators of version
+		// 1 keep every right.
+		sqlite:   []string{`ALTER TABLE admins ADD COLUMN role TEXT NOT NULL DEFAULT 'admin'`},
+		postgres: []string{`ALTER TABLE admins ADD COLUMN role TEXT NOT NULL DEFAULT 'admin'`},
+	},
 }
 
 // migrate brings the schema up to the newest version. On PostgreSQL an

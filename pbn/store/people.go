@@ -193,29 +193,3 @@ func (s *Store) ServerKey(ctx context.Context, name string, size int) (secret.By
 	}
 	return k, nil
 }
-
-// AddAdmin authorises the administrator key spki (a DER
-// SubjectPublicKeyInfo) under name. Adding a key again renames it.
-func (s *Store) AddAdmin(ctx context.Context, name string, spki []byte) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO admins (key_hash, name, added) VALUES ($1, $2, $3)
-		ON CONFLICT (key_hash) DO UPDATE SET name = excluded.name`, KeyHash(spki), name, stamp(s.now()))
-	if err != nil {
-		return fmt.Errorf("store: add administrator %s: %w", name, err)
-	}
-	return nil
-}
-
-// Admin returns the name of the administrator whose key is spki, or
-// ErrNotFound.
-func (s *Store) Admin(ctx context.Context, spki []byte) (string, error) {
-	var name string
-	err := s.db.QueryRowContext(ctx, `SELECT name FROM admins WHERE key_hash = $1`,
-		KeyHash(spki)).Scan(&name)
-	if errors.Is(err, sql.ErrNoRows) {
-		err = ErrNotFound
-	}
-	if err != nil {
-		return "", fmt.Errorf("store: administrator: %w", err)
-	}
-	return name, nil
-}

@@ -50,6 +50,7 @@ func TestStore(t *testing.T) {
 		{"audit append-only", testAudit},
 		{"concurrent appends", testConcurrentAppends},
 		{"concurrent open", testConcurrentOpen},
+		{"administrators and their roles", testAdmins},
 	}
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {

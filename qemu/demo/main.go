@@ -3,8 +3,9 @@
 //
 // First the key file, through pbnctl: what an administrator makes, what it
 // holds, how it opens and how it refuses. Then the QEMU lab's story (see
-// labStory): a laptop's unattended boot, the secure moment, the deployed
-// stage, a second user and the recovery key, each boot with its timing.
+// labStory): a blank laptop imaged from PXE, its unattended boot, the
+// secure moment, the deployed stage, a second user and the recovery key,
+// each with its timing.
 // The lab needs root, as make test does.
 package main
 

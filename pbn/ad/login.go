@@ -94,10 +94,21 @@ func (c *Client) Login(ctx context.Context, account string, password secret.Byte
 		return nil, &Error{Reason: EmptyPassword, Account: a.String()}
 	}
 
-	var id *Identity
-	dc, trips, err := c.withDC(ctx, a.String(), func(s *session) error {
+	return c.identify(ctx, a, func(s *session) error {
 		if err := s.bind(c.bindName(a), password); err != nil {
 			return bindError(a.String(), s.dc.raw, err)
+		}
+		return nil
+	})
+}
+
+// identify reads a's identity and groups on the first DC that answers,
+// after bind, and checks that a is in an owner or an administrator group.
+func (c *Client) identify(ctx context.Context, a Account, bind func(*session) error) (*Identity, error) {
+	var id *Identity
+	dc, trips, err := c.withDC(ctx, a.String(), func(s *session) error {
+		if err := bind(s); err != nil {
+			return err
 		}
 		var err error
 		id, err = c.identity(s, a)

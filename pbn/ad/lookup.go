@@ -2,7 +2,9 @@ package ad
 
 import (
 	"context"
-	"errors"
+	"fmt"
+
+	"github.com/pbn-project/pbn/pbn/secret"
 )
 
 // Lookup returns the identity of account, its groups included, without
@@ -25,26 +27,22 @@ func (c *Client) Lookup(ctx context.Context, account string) (*Identity, error) 
 	if c.cfg.LookupAccount == "" || len(c.cfg.LookupAccountPassword) == 0 {
 		return nil, &Error{Reason: LookupUnavailable, Account: a.String()}
 	}
-	var id *Identity
-	dc, trips, err := c.withDC(ctx, a.String(), func(s *session) error {
-		if err := s.bind(c.cfg.LookupAccount, c.cfg.LookupAccountPassword); err != nil {
-			if retryable(err) {
-				return err
-			}
-			return &Error{Reason: Other, Account: a.String(), DC: s.dc.raw,
-				Err: errors.Join(errors.New("bind as the lookup account"), err)}
-		}
-		var err error
-		id, err = c.identity(s, a)
-		return err
+	return c.identify(ctx, a, func(s *session) error {
+		return s.bindAs(a, "lookup", c.cfg.LookupAccount, c.cfg.LookupAccountPassword)
 	})
-	if err != nil {
-		return nil, err
+}
+
+// bindAs binds s as one of the configuration's own accounts, the change
+// or the lookup account (role), for an operation on a. A DC that cannot
+// be reached gives the error to try the next; any other failure is
+// Other: the configuration's, not the person's.
+func (s *session) bindAs(a Account, role, account string, password secret.Bytes) error {
+	if err := s.bind(account, password); err != nil {
+		if retryable(err) {
+			return err
+		}
+		return &Error{Reason: Other, Account: a.String(), DC: s.dc.raw,
+			Err: fmt.Errorf("bind as the %s account: %w", role, err)}
 	}
-	id.DC, id.RoundTrips = dc, trips
-	id.Owner, id.Admin = c.membership(id.Groups)
-	if !id.Owner && !id.Admin {
-		return nil, &Error{Reason: NotAllowed, Account: a.String(), DC: dc}
-	}
-	return id, nil
+	return nil
 }

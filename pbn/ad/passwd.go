@@ -50,12 +50,8 @@ func (c *Client) ChangePassword(ctx context.Context, account string, old, new se
 	defer newPwd.Wipe()
 
 	_, _, err = c.withDC(ctx, a.String(), func(s *session) error {
-		if err := s.bind(c.cfg.ChangeAccount, c.cfg.ChangeAccountPassword); err != nil {
-			if retryable(err) {
-				return err
-			}
-			return &Error{Reason: Other, Account: a.String(), DC: s.dc.raw,
-				Err: errors.Join(errors.New("bind as the change account"), err)}
+		if err := s.bindAs(a, "change", c.cfg.ChangeAccount, c.cfg.ChangeAccountPassword); err != nil {
+			return err
 		}
 		res, err := s.search(ldap.NewSearchRequest(c.cfg.BaseDN, ldap.ScopeWholeSubtree,
 			ldap.NeverDerefAliases, 2, 0, false, c.userFilter(a), []string{"userPrincipalName"}, nil))

@@ -31,11 +31,25 @@ func (a *agent) provisioning(ctx context.Context) (*keyfile.KeyFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Calibrating Argon2id for the user's key file times a derivation,
+	// seconds under emulation: it runs while the person types (Prompted),
+	// and the secure moment takes its answer (Entered) or waits for it.
+	var calibrated chan keyfile.Argon2Params
 	st := &provisioning.Stage{
 		Provisioning: prov, Owned: owned, Network: sm.Network, Countdown: cfg.Countdown(),
 		Prompt:       &provisioning.Terminal{Console: a.con, In: a.conIn},
 		SecureMoment: sm, Tries: a.cmdline.PBN.Tries, Typed: a.timing.Exclude,
-		Entered: func() { a.entered = a.timing.Since() }, Logger: a.log,
+		Entered: func() {
+			a.entered = a.timing.Since()
+			if calibrated != nil {
+				sm.Argon2, calibrated = <-calibrated, nil
+			}
+		},
+		Prompted: func() {
+			calibrated = make(chan keyfile.Argon2Params, 1)
+			go func() { calibrated <- keyfile.Calibrate(keyfile.DefaultArgon2Target) }()
+		},
+		Logger: a.log,
 	}
 	if dir, ok := sm.Directory.(*ad.Client); ok && cfg.ChangesPasswords() {
 		st.Passwords = dir

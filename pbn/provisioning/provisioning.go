@@ -147,6 +147,10 @@ type Stage struct {
 	// credentials have been typed, just before the secure moment starts.
 	Typed   func(time.Duration)
 	Entered func()
+	// Prompted, when set, is called once, when the sign-in prompt first
+	// shows: work the sign-in will need (calibrating Argon2id, say) can
+	// run while the person types, and not at all after an autoboot.
+	Prompted func()
 	// Logger receives why an autoboot or a sign-in failed; nil discards.
 	Logger *slog.Logger
 }
@@ -223,6 +227,9 @@ func (s *Stage) unlock(ctx context.Context) error {
 // signIn asks for an account and password until the secure moment
 // succeeds, or the limits are reached.
 func (s *Stage) signIn(ctx context.Context) (*Result, error) {
+	if s.Prompted != nil {
+		s.Prompted()
+	}
 	tries := cmp.Or(s.Tries, DefaultTries)
 	wrongs := 0
 	for range MaxSignIns {

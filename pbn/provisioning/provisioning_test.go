@@ -49,11 +49,17 @@ func TestAutoboot(t *testing.T) {
 	s := newSession(t)
 	ctx := testContext(t)
 
-	res, err := e.stage(t, s, e.ad, nil).Run(ctx)
+	st := e.stage(t, s, e.ad, nil)
+	prompted := 0
+	st.Prompted = func() { prompted++ }
+	res, err := st.Run(ctx)
 	if err != nil {
 		t.Fatalf("Run = %v\n%s", err, s.out)
 	}
 	defer res.KeyFile.Close()
+	if prompted != 0 {
+		t.Errorf("Prompted called %d times in an autoboot, want 0", prompted)
+	}
 	if res.Mode != Autoboot || res.KeyFile.Header().Kind != keyfile.KindProvisioning {
 		t.Errorf("Run = %v with a %v key file, want autoboot with the provisioning key file",
 			res.Mode, res.KeyFile.Header().Kind)
@@ -131,11 +137,17 @@ func TestSignIn(t *testing.T) {
 	s.in.Close()
 	var steps []StepEvent
 
-	res, err := e.stage(t, s, e.ad, &steps).Run(testContext(t))
+	st := e.stage(t, s, e.ad, &steps)
+	prompted := 0
+	st.Prompted = func() { prompted++ }
+	res, err := st.Run(testContext(t))
 	if err != nil {
 		t.Fatalf("Run = %v\n%s", err, s.out)
 	}
 	defer res.KeyFile.Close()
+	if prompted != 1 {
+		t.Errorf("Prompted called %d times for two sign-ins, want once", prompted)
+	}
 	if h := res.KeyFile.Header(); res.Mode != SignedIn || h.Kind != keyfile.KindUser ||
 		!strings.HasPrefix(h.UPN, user+"@") {
 		t.Errorf("Run = %v with key file %+v, want sign-in with %s's key file", res.Mode, h, user)

@@ -196,10 +196,11 @@ const (
 // from PXE, and finishes: the disk has PBN's table, the boot files on the
 // ESP, and a provisioning key file; the key server lists the device,
 // enrolled with its TPM; and the laptop reboots into the provisioning
-// stage, boots unattended and runs the tiny OS from the payload.
+// stage, boots unattended and runs the tiny OS from the payload. At its
+// next boot its user's secure moment makes it hers.
 func TestPXEImaging(t *testing.T) {
 	e := sharedImagingLab(t) // before the deadline: the first call makes the fixtures
-	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout+secureMomentTimeout)
 	defer cancel()
 	disk := blankDisk(t)
 
@@ -255,6 +256,30 @@ func TestPXEImaging(t *testing.T) {
 	if err := p.Wait(ctx); err != nil {
 		t.Errorf("Wait = %v, want the tiny OS to power off", err)
 	}
+	p.PowerCut()
+
+	// Its user's first sign-in: the secure moment makes the imaged laptop
+	// hers, as on a laptop provisioned from the host.
+	upn, err := e.ent.AddUser(ctx, "ivy", labPassword, "pbn-staff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err = e.ImagedLaptop(ctx, "imaged-2", disk, m.TPMDir, uuid, LaptopOptions{
+		Console: &testWriter{t: t, name: "imaged, signed in"}})
+	if err != nil {
+		t.Fatalf("Laptop = %v", err)
+	}
+	signIn(t, ctx, p, "ivy", labPassword)
+	expect(t, ctx, p, `pbn: secure moment: this computer is now `+regexp.QuoteMeta(upn)+`'s\n`, tinyOSRE)
+	if err := p.Wait(ctx); err != nil {
+		t.Errorf("Wait = %v, want the tiny OS to power off", err)
+	}
+	p.PowerCut()
+	binding, err := keyfile.ParseID(got[4][2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOwned(t, ctx, e.ent, &Device{ID: id, Binding: binding, Disk: disk}, upn)
 }
 
 // checkImaged checks an imaged disk from the host: PBN's partition table,

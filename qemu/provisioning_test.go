@@ -296,7 +296,13 @@ func stepRE(s securemoment.Step) string {
 // recorded her as the device's primary user and revoked the binding.
 func checkOwned(t *testing.T, ctx context.Context, e *Enterprise, dev *Device, upn string) {
 	t.Helper()
-	st := readVolumeState(t, ctx, dev.Disk)
+	checkOwnedState(t, ctx, e, dev, upn, readVolumeState(t, ctx, dev.Disk))
+}
+
+// checkOwnedState checks what checkOwned does, with the disk's state st
+// read already.
+func checkOwnedState(t *testing.T, ctx context.Context, e *Enterprise, dev *Device, upn string, st volumeState) {
+	t.Helper()
 	users := st.files[keyfile.KindUser]
 	if len(users) != 1 || len(st.files[keyfile.KindProvisioning]) != 0 {
 		t.Fatalf("key files on the ESP %v, want one user's and no provisioning one", st.files)

@@ -279,7 +279,12 @@ func TestPXEImaging(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkOwned(t, ctx, e.ent, &Device{ID: id, Binding: binding, Disk: disk}, upn)
+	files, slots, tags := imagedState(t, ctx, disk)
+	st := volumeState{slots: slots, tags: tags, files: map[keyfile.Kind][]keyfile.ID{}}
+	for _, f := range files {
+		st.files[f.Header().Kind] = append(st.files[f.Header().Kind], f.Header().ID)
+	}
+	checkOwnedState(t, ctx, e.ent, &Device{ID: id, Binding: binding, Disk: disk}, upn, st)
 }
 
 // checkImaged checks an imaged disk from the host: PBN's partition table,

@@ -215,7 +215,7 @@ func (a *agent) signIn(ctx context.Context, d *signin.Device, account string,
 	defer pw.Wipe()
 	<-connected
 	res, err := d.SignIn(ctx, account, pw)
-	if dir, ok := d.Directory.(*ad.Client); ok && ad.NeedsNewPassword(err) && a.changesPasswords() {
+	if dir := a.passwordChanger(d.Directory); dir != nil && ad.NeedsNewPassword(err) {
 		// The directory takes the new password; the sign-in then finds
 		// the key file sealed to the old one and has the key server
 		// vouch for the new one, as after a change made elsewhere.
@@ -233,11 +233,15 @@ func (a *agent) signIn(ctx context.Context, d *signin.Device, account string,
 	return res, err
 }
 
-// changesPasswords says whether the image's configuration names an account
-// to change expired passwords with.
-func (a *agent) changesPasswords() bool {
+// passwordChanger returns the directory dir when it can change an expired
+// password at the prompt: a domain's client, with a change account that
+// the image's configuration names. Otherwise it returns nil.
+func (a *agent) passwordChanger(dir any) *ad.Client {
 	c, err := a.loadConfig()
-	return err == nil && c.ChangesPasswords()
+	if client, ok := dir.(*ad.Client); ok && err == nil && c.ChangesPasswords() {
+		return client
+	}
+	return nil
 }
 
 func (a *agent) recover(ctx context.Context, d *signin.Device) (*signin.Result, error) {

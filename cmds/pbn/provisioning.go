@@ -11,7 +11,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pbn-project/pbn/keyfile"
-	"github.com/pbn-project/pbn/pbn/ad"
 	"github.com/pbn-project/pbn/pbn/disk"
 	"github.com/pbn-project/pbn/pbn/handoff"
 	"github.com/pbn-project/pbn/pbn/provisioning"
@@ -51,7 +50,7 @@ func (a *agent) provisioning(ctx context.Context) (*keyfile.KeyFile, error) {
 		},
 		Logger: a.log,
 	}
-	if dir, ok := sm.Directory.(*ad.Client); ok && cfg.ChangesPasswords() {
+	if dir := a.passwordChanger(sm.Directory); dir != nil {
 		st.Passwords = dir
 	}
 	res, err := st.Run(ctx)

@@ -71,8 +71,7 @@ func sharedDC(t testing.TB) *samba.DC {
 // SQLite and Tang keys, and a swtpm.
 type env struct {
 	ad         *ad.Client
-	url        string
-	pin        []byte
+	srv        *kstest.Server
 	admin      *keyserver.Client
 	tpm        *tpm.TPM
 	cryptsetup string
@@ -91,7 +90,7 @@ func newEnv(t testing.TB) *env {
 	}
 
 	srv := kstest.Start(t, keyserver.AD(e.ad))
-	e.url, e.pin, e.admin = srv.URL, srv.Pin, srv.Admin
+	e.srv, e.admin = srv, srv.Admin
 
 	sim := swtpm.Start(t)
 	if e.tpm, err = tpm.Open(context.Background(), sim.Path(), nil); err != nil {
@@ -103,12 +102,7 @@ func newEnv(t testing.TB) *env {
 
 func (e *env) client(t testing.TB, key crypto.Signer) *keyserver.Client {
 	t.Helper()
-	c, err := keyserver.NewClient(e.url, e.pin, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.CloseIdleConnections)
-	return c
+	return e.srv.Client(t, key)
 }
 
 // testDevice is a device in the provisioning stage: enrolled, with a

@@ -73,10 +73,12 @@ func makePBNFixture() error {
 		return err
 	}
 	defer kf.Close()
-	// The floor parameters, which a slow device calibrates to: Password
-	// would calibrate on this host, ten times as fast as a TCG guest, and
-	// the guest would spend seconds unlocking.
-	pw := keyfile.PasswordWith(secret.Bytes(testPassword), keyfile.FloorArgon2)
+	// The floor parameters, which a slow device calibrates to, with a lane
+	// for each of the laptop's CPUs as keyfile.Calibrate gives them:
+	// Password would calibrate on this host, ten times as fast as a TCG
+	// guest, and the guest would spend seconds unlocking.
+	pw := keyfile.PasswordWith(secret.Bytes(testPassword), keyfile.Argon2Params{Time: keyfile.FloorArgon2.Time,
+		Memory: keyfile.FloorArgon2.Memory, Threads: LaptopCPUs})
 	if _, err := kf.AddProtector(ctx, "password", pw); err != nil {
 		return err
 	}

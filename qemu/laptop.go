@@ -28,6 +28,10 @@ const (
 	E1000E    = "e1000e"
 )
 
+// LaptopCPUs is how many CPUs a laptop has: two, as the machine the lab
+// runs on.
+const LaptopCPUs = 2
+
 // Defaults of LaptopOptions.
 const (
 	DefaultMemory    = 512 // MiB
@@ -100,7 +104,7 @@ func (l *Lab) Laptop(ctx context.Context, name string, opts LaptopOptions) (*Lap
 		lab: l, dir: dir, opts: opts}
 
 	m.args = []string{
-		"-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2",
+		"-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", strconv.Itoa(LaptopCPUs),
 		"-m", strconv.Itoa(cmp.Or(opts.Memory, DefaultMemory)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-serial", "stdio", "-no-reboot", "-rtc", "base=" + cmp.Or(opts.RTC, "utc"),

@@ -209,10 +209,22 @@ func (a *agent) drivers(ctx context.Context) error {
 	a.log.Debug("module index read", "dir", dir, "took", time.Since(start))
 	a.loader = kmod.NewLoader(x, a.log)
 	linkModprobe(a.log)
+	// Subscribed before the coldplug looks at the tree, so that no device
+	// that a driver brings goes unseen.
+	opts := kmod.ColdplugOptions{First: kmod.Network}
+	events, err := kmod.ListenUevents("/sys")
+	if err != nil {
+		a.log.Warn("no uevents; new devices are found by looking at the tree again", "err", err)
+	} else {
+		opts.Added = events.Modaliases()
+	}
 	a.coldplug = make(chan struct{})
 	go func() {
 		defer close(a.coldplug)
-		a.plugged, a.plugErr = a.loader.Coldplug(ctx, kmod.ColdplugOptions{First: kmod.Network})
+		a.plugged, a.plugErr = a.loader.Coldplug(ctx, opts)
+		if events != nil {
+			events.Close()
+		}
 		a.log.Debug("coldplug", "rounds", a.plugged.Rounds, "took", time.Since(start))
 		for _, m := range slices.Concat(espModules, diskModules, []string{a.rootModule()}) {
 			a.loadModule(m)
@@ -225,10 +237,9 @@ func (a *agent) drivers(ctx context.Context) error {
 const linkPoll = 10 * time.Millisecond
 
 // waitLink returns when a network link other than loopback exists, or the
-// coldplug has ended without one (the network step then says so).
-// TODO: a second network card whose driver binds after the first link
-// appears is not tried; waiting for every PCI network device (class 02) to
-// have its driver bound would find it.
+// coldplug has ended without one (the network step then says so). A
+// second card whose driver binds later is tried by the network step,
+// which takes in the links that appear while it runs.
 func (a *agent) waitLink(ctx context.Context) error {
 	for {
 		if ok, err := netup.HasLink(); err != nil || ok {

@@ -23,20 +23,34 @@ const (
 type ColdplugOptions struct {
 	// Sysfs is where sysfs is mounted; default /sys.
 	Sysfs string
-	// Settle is how long to wait for new devices after the last module
-	// loaded (drivers that probe asynchronously, USB hubs); default
-	// DefaultSettle.
+	// Added tells of the devices that come after the coldplug started,
+	// those that the drivers it loads bring (virtio's network device,
+	// behind virtio_pci): the channel of [Uevents.Modaliases]. Without it
+	// a pass looks at the tree again each time its loads have ended.
+	Added <-chan string
+	// Settle is how long a pass waits for new devices after its last
+	// module loaded (drivers that probe asynchronously, USB hubs);
+	// default DefaultSettle.
 	Settle time.Duration
 	// MaxRounds bounds the rounds of loading, in each pass (see First);
 	// default DefaultMaxRounds.
 	MaxRounds int
 	// First, when set, picks the devices whose modules load before any
 	// other device's: a first pass loads only theirs, round after round
-	// while their loading brings devices that First picks too, until the
-	// tree settles; a second pass loads the rest. [Network] picks the
-	// network controllers, so that no other driver's loading delays the
-	// first link.
-	First func(modalias string) bool
+	// while their loading brings devices of the class too, until the tree
+	// settles; a second pass loads the rest. [Network] picks the network
+	// controllers, so that no other driver's loading delays the first
+	// link.
+	First *Class
+}
+
+// A Class is a kind of device, told by its modalias.
+type Class struct {
+	// Buses are the buses (under /sys/bus) whose devices can be of the
+	// class; a pass of the class looks at these alone.
+	Buses []string
+	// Has reports whether a device of one of those buses is of the class.
+	Has func(modalias string) bool
 }
 
 // ColdplugReport says what a coldplug did.
@@ -51,18 +65,17 @@ type ColdplugReport struct {
 }
 
 // Coldplug loads the modules for every device on a bus in sysfs and goes
-// on while loading them brings new devices, within opts's bounds. A round
-// is the modules found by one look at the tree; the tree is looked at again
-// while the modules found before still load, so a device that one driver
-// brings (virtio's network device, behind virtio_pci) has its own driver
-// loading without waiting for slow ones of the same round. The modules of
-// the CPU's features (ciphers and checksums, whose self-tests take seconds
-// under emulation and which no device waits for) load last, once the
-// devices' drivers have loaded and no new device came. With opts.First,
-// the devices it picks have theirs loaded in a pass of their own before
-// the others (see [ColdplugOptions.First]). It returns an error only when
-// it cannot read the tree or ctx ends; modules that fail to load are in
-// the report.
+// on while loading them brings new devices, within opts's bounds. A pass
+// looks at the tree once and loads the matches; a round is each set of
+// modules started together. The devices that those drivers bring are
+// loaded for as they come, from opts.Added, without waiting for the slow
+// modules of the same round. The modules of the CPU's features (ciphers
+// and checksums, whose self-tests take seconds under emulation and which
+// no device waits for) load last, once the devices' drivers have loaded
+// and no new device came. With opts.First, the devices of that class have
+// theirs loaded in a pass of their own before the others (see
+// [ColdplugOptions.First]). It returns an error only when it cannot read
+// the tree or ctx ends; modules that fail to load are in the report.
 func (l *Loader) Coldplug(ctx context.Context, opts ColdplugOptions) (ColdplugReport, error) {
 	opts = opts.withDefaults()
 	var rep ColdplugReport
@@ -89,27 +102,101 @@ func (l *Loader) Coldplug(ctx context.Context, opts ColdplugOptions) (ColdplugRe
 	return rep, ctx.Err()
 }
 
-// pass loads the modules of the devices that pick picks (every device
-// when pick is nil), in rounds, and adds them to rep. It returns the CPU's
-// modules that it found and did not load.
-func (l *Loader) pass(ctx context.Context, opts ColdplugOptions, pick func(string) bool,
+// pass loads the modules of the devices of class c (every device when c
+// is nil), in rounds, and adds them to rep. It returns the CPU's modules
+// that it found and did not load.
+func (l *Loader) pass(ctx context.Context, opts ColdplugOptions, c *Class,
 	loads *loads, rep *ColdplugReport) ([]string, error) {
+	w := &watch{opts: opts, added: opts.Added, loads: loads}
+	if c != nil {
+		w.buses = c.Buses
+	}
 	seen := map[string]bool{}
 	var cpu []string
-	for range opts.MaxRounds {
-		mods, cpuMods, err := l.newMatches(ctx, opts, pick, seen, loads)
-		if err != nil {
-			return nil, err
+	rounds := 0
+	for aliases, err := w.look(); ; aliases, err = w.next(ctx) {
+		if err != nil || aliases == nil {
+			return cpu, err
 		}
+		devs, cpuMods := l.matches(aliases, c, seen)
 		cpu = append(cpu, cpuMods...)
-		if len(mods) == 0 {
-			break
+		if len(devs) == 0 {
+			continue
 		}
+		if rounds == opts.MaxRounds {
+			return cpu, nil
+		}
+		rounds++
 		rep.Rounds++
-		rep.Modules = append(rep.Modules, mods...)
-		loads.start(mods)
+		rep.Modules = append(rep.Modules, devs...)
+		loads.start(devs)
+		w.looked = false
 	}
-	return cpu, nil
+}
+
+// A watch is how a pass learns of devices that may be new.
+type watch struct {
+	opts  ColdplugOptions
+	buses []string
+	added <-chan string // nil once closed
+	loads *loads
+	// looked is set when the tree was looked at since the last loads
+	// started.
+	looked bool
+}
+
+func (w *watch) look() ([]string, error) {
+	w.looked = true
+	return Modaliases(w.opts.Sysfs, w.buses...)
+}
+
+// next waits for devices that may be new: those that opts.Added tells of,
+// or without it those of another look at the tree once the loads have
+// ended. It returns nil when the loads have ended and no device came for
+// opts.Settle.
+func (w *watch) next(ctx context.Context) ([]string, error) {
+	tick := time.NewTicker(settlePoll)
+	defer tick.Stop()
+	var idle time.Time
+	for {
+		select {
+		case a, ok := <-w.added:
+			if !ok {
+				w.added = nil
+				continue
+			}
+			return append([]string{a}, drain(w.added)...), nil
+		case <-tick.C:
+			switch {
+			case w.loads.busy():
+				idle = time.Time{}
+			case idle.IsZero():
+				idle = time.Now()
+			case w.opts.Added == nil && !w.looked:
+				return w.look()
+			case time.Since(idle) >= w.opts.Settle:
+				return nil, nil
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// drain returns what is queued on c without waiting.
+func drain(c <-chan string) []string {
+	var got []string
+	for {
+		select {
+		case a, ok := <-c:
+			if !ok {
+				return got
+			}
+			got = append(got, a)
+		default:
+			return got
+		}
+	}
 }
 
 // loads are the loads a coldplug started, at most workers at a time.
@@ -176,55 +263,28 @@ func (o ColdplugOptions) withDefaults() ColdplugOptions {
 	return o
 }
 
-// newMatches polls the tree for modaliases not seen before that pick
-// picks (all when pick is nil), while loads are busy and for opts.Settle
-// after, and returns the modules not yet tried that match them: those of
-// devices, and apart those of the CPU's features. It returns when it found
-// a device's module or the tree settled.
-// TODO: listening to the kernel's uevents (NETLINK_KOBJECT_UEVENT) would
-// see a new device at once instead of at the next poll, spare the settle
-// time at the end, and spare the polls while slow modules load (seconds of
-// cipher self-tests under emulation), which take CPU from the steps that
-// run beside the coldplug.
-func (l *Loader) newMatches(ctx context.Context, opts ColdplugOptions, pick func(string) bool,
-	seen map[string]bool, loads *loads) ([]string, []string, error) {
-	deadline := time.Now().Add(opts.Settle)
-	var devs, cpu []string
-	for {
-		aliases, err := Modaliases(opts.Sysfs)
-		if err != nil {
-			return nil, nil, err
+// matches returns the modules not yet tried that match the modaliases not
+// seen before that are of class c (all when c is nil): those of devices,
+// and apart those of the CPU's features.
+func (l *Loader) matches(aliases []string, c *Class, seen map[string]bool) (devs, cpu []string) {
+	for _, a := range aliases {
+		if seen[a] || c != nil && !c.Has(a) {
+			continue
 		}
-		for _, a := range aliases {
-			if seen[a] || pick != nil && !pick(a) {
-				continue
+		seen[a] = true
+		for _, m := range l.index.Match(a) {
+			switch {
+			case l.tried(m):
+			case strings.HasPrefix(a, "cpu:"):
+				cpu = append(cpu, m)
+			default:
+				devs = append(devs, m)
 			}
-			seen[a] = true
-			for _, m := range l.index.Match(a) {
-				switch {
-				case l.tried(m):
-				case strings.HasPrefix(a, "cpu:"):
-					cpu = append(cpu, m)
-				default:
-					devs = append(devs, m)
-				}
-			}
-		}
-		slices.Sort(devs)
-		slices.Sort(cpu)
-		devs, cpu = slices.Compact(devs), slices.Compact(cpu)
-		if len(devs) > 0 || time.Now().After(deadline) && !loads.busy() {
-			return devs, cpu, nil
-		}
-		if loads.busy() {
-			deadline = time.Now().Add(opts.Settle)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, nil, ctx.Err()
-		case <-time.After(settlePoll):
 		}
 	}
+	slices.Sort(devs)
+	slices.Sort(cpu)
+	return slices.Compact(devs), slices.Compact(cpu)
 }
 
 func (l *Loader) tried(name string) bool {
@@ -234,18 +294,29 @@ func (l *Loader) tried(name string) bool {
 	return ok
 }
 
-// Modaliases returns the modalias of every device on a bus under a sysfs
-// root (/sys/bus/*/devices/*/modalias) and the CPU's, whose features ask
-// for modules such as aesni_intel (/sys/devices/system/cpu/modalias),
-// sorted and without repeats. That is what a walk of /sys/devices finds, in
-// a fraction of the time.
-func Modaliases(sys string) ([]string, error) {
-	paths, err := filepath.Glob(filepath.Join(sys, "bus", "*", "devices", "*", "modalias"))
-	if err != nil {
-		return nil, err
+// Modaliases returns the modalias of every device on the named buses
+// (/sys/bus/<bus>/devices/*/modalias), sorted and without repeats. With no
+// bus named it looks at every bus and adds the CPU's modalias, whose
+// features ask for modules such as aesni_intel
+// (/sys/devices/system/cpu/modalias): that is what a walk of /sys/devices
+// finds, in a fraction of the time.
+func Modaliases(sys string, buses ...string) ([]string, error) {
+	var paths []string
+	if len(buses) == 0 {
+		all, err := filepath.Glob(filepath.Join(sys, "bus", "*", "devices", "*", "modalias"))
+		if err != nil {
+			return nil, err
+		}
+		paths = append(all, filepath.Join(sys, "devices", "system", "cpu", "modalias"))
 	}
-	paths = append(paths, filepath.Join(sys, "devices", "system", "cpu", "modalias"))
-	var aliases []string
+	for _, b := range buses {
+		on, err := filepath.Glob(filepath.Join(sys, "bus", b, "devices", "*", "modalias"))
+		if err != nil {
+			return nil, err
+		}
+		paths = append(paths, on...)
+	}
+	aliases := []string{}
 	for _, p := range paths {
 		b, err := os.ReadFile(p)
 		if err != nil {
@@ -259,15 +330,17 @@ func Modaliases(sys string) ([]string, error) {
 	return slices.Compact(aliases), nil
 }
 
-// Network reports whether a modalias is a network controller's: a PCI
-// function of base class 02h, "network controller" (PCI Code and ID
-// Assignment Specification, section 1.3), or a virtio network device
-// (virtio 1.2, section 5, device ID 1). The kernel writes a PCI modalias
-// as pci:v<vendor>d<device>sv<subvendor>sd<subdevice>bc<class>sc<subclass>i<interface>,
+// Network is the class of network controllers: a PCI function of base
+// class 02h, "network controller" (PCI Code and ID Assignment
+// Specification, section 1.3), or a virtio network device (virtio 1.2,
+// section 5, device ID 1). Network cards on USB are not of it: their
+// modaliases name the vendor's own interface class.
+var Network = &Class{Buses: []string{"pci", "virtio"}, Has: isNetwork}
+
+// isNetwork is [Network]'s test. The kernel writes a PCI modalias as
+// pci:v<vendor>d<device>sv<subvendor>sd<subdevice>bc<class>sc<subclass>i<interface>,
 // in upper-case hexadecimal, so "bc" is only ever the class's tag.
-// Network cards on USB are not recognised: their modaliases name the
-// vendor's own interface class.
-func Network(modalias string) bool {
+func isNetwork(modalias string) bool {
 	if rest, ok := strings.CutPrefix(modalias, "pci:"); ok {
 		_, class, ok := strings.Cut(rest, "bc")
 		return ok && strings.HasPrefix(class, "02")

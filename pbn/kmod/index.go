@@ -2,8 +2,9 @@
 // coldplug does: it reads every modalias under /sys/devices, matches them
 // against the running kernel's modules.alias, and loads the matches with
 // their dependencies from modules.dep and modules.softdep, with
-// finit_module(2). It also loads modules by name or alias for the kernel's
-// own requests (the agent is the image's modprobe).
+// finit_module(2); the devices that those drivers bring come from the
+// kernel's uevents. It also loads modules by name or alias for the
+// kernel's own requests (the agent is the image's modprobe).
 package kmod
 
 import (

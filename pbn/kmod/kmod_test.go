@@ -326,8 +326,8 @@ func TestNetwork(t *testing.T) {
 		{"pci:", false},
 	}
 	for _, tt := range tests {
-		if got := Network(tt.modalias); got != tt.want {
-			t.Errorf("Network(%q) = %v, want %v", tt.modalias, got, tt.want)
+		if got := Network.Has(tt.modalias); got != tt.want {
+			t.Errorf("Network.Has(%q) = %v, want %v", tt.modalias, got, tt.want)
 		}
 	}
 }
@@ -390,4 +390,55 @@ func TestLoadSideBySide(t *testing.T) {
 	if err := l.Load("virtio_pci"); err != nil {
 		t.Errorf("Load(virtio_pci) = %v", err)
 	}
+}
+
+// TestColdplugAdded runs a coldplug told of new devices by Added, as the
+// agent's is by the kernel's uevents: in the first round, e1000's load
+// waits until virtio_net's has started, and virtio_net's device comes only
+// once virtio_pci, of the same round, has loaded. Only a coldplug that
+// loads for a device the moment it is told of it passes; one that looked
+// at the tree again after the round's loads would wait for e1000 for ever
+// (here, until the test's bound).
+func TestColdplugAdded(t *testing.T) {
+	sys := t.TempDir()
+	pci := "pci0000:00/0000:00:03.0"
+	writeModalias(t, sys, "pci", pci, "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00")
+	writeModalias(t, sys, "pci", "pci0000:00/0000:00:04.0", "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00")
+	added := make(chan string, 1)
+	netStarted := make(chan struct{})
+	l := NewLoader(installedIndex(t), nil)
+	var mu sync.Mutex
+	var order []string
+	l.insert = func(path string) error {
+		name := Name(path)
+		mu.Lock()
+		order = append(order, name)
+		mu.Unlock()
+		switch name {
+		case "virtio_pci":
+			const alias = "virtio:d00000001v00001AF4"
+			writeModalias(t, sys, "virtio", pci+"/virtio0", alias)
+			added <- alias
+		case "virtio_net":
+			close(netStarted)
+		case "e1000":
+			select {
+			case <-netStarted:
+			case <-time.After(10 * time.Second):
+				return fmt.Errorf("virtio_net did not start loading while e1000 loaded")
+			}
+		}
+		return nil
+	}
+	rep, err := l.Coldplug(context.Background(), ColdplugOptions{Sysfs: sys, First: Network, Added: added})
+	if err != nil {
+		t.Fatalf("Coldplug() = %v", err)
+	}
+	if rep.Err != nil {
+		t.Errorf("Coldplug() load errors = %v", rep.Err)
+	}
+	if want := []string{"e1000", "virtio_net", "virtio_pci"}; !reflect.DeepEqual(rep.Modules, want) {
+		t.Errorf("Coldplug() modules = %v, want %v", rep.Modules, want)
+	}
+	checkOrder(t, l.index, order)
 }

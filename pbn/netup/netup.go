@@ -37,6 +37,9 @@ const (
 	DefaultResolvConf = "/etc/resolv.conf"
 
 	carrierPoll = 10 * time.Millisecond
+	// linkPoll is how often Up looks for links that appeared since it
+	// started.
+	linkPoll = 50 * time.Millisecond
 )
 
 // The errors of [Up]. Each has a sentence for the console: see [Sentence].
@@ -128,14 +131,23 @@ type attempt struct {
 }
 
 // Up brings up every link at once and configures the first that succeeds.
-// It returns nil and no error when ip=off leaves the network down. It
-// returns ErrNoLink when no link has a carrier, and a *NoLeaseError (see
-// ErrNoLease) when DHCP found no server before ctx's deadline.
+// A link that appears while the others are still tried (a second card
+// whose driver bound later, a dock's) is tried too. It returns nil and no
+// error when ip=off leaves the network down. It returns ErrNoLink when no
+// link has a carrier, and a *NoLeaseError (see ErrNoLease) when DHCP found
+// no server before ctx's deadline.
 func Up(ctx context.Context, cfg Config) (*Result, error) {
 	cfg = cfg.withDefaults()
-	attempts, err := plan(cfg)
-	if err != nil || len(attempts) == 0 {
+	links, err := networkLinks()
+	if err != nil {
 		return nil, err
+	}
+	attempts := plan(cfg, links)
+	if len(attempts) == 0 {
+		if allOff(cfg.ips()) {
+			return nil, nil
+		}
+		return nil, ErrNoLink
 	}
 	if err := waitRandom(ctx); err != nil {
 		return nil, err
@@ -144,40 +156,73 @@ func Up(ctx context.Context, cfg Config) (*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		wg      sync.WaitGroup
 		mu      sync.Mutex
 		winner  *Result
 		errs    []error
 		carrier = map[string]bool{}
 	)
-	for _, a := range attempts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			hadCarrier, err := try(ctx, cfg, a, func(c *config) error {
-				mu.Lock()
-				defer mu.Unlock()
-				if winner != nil || ctx.Err() != nil {
-					return errLost
-				}
-				if err := apply(cfg, a.link, c); err != nil {
-					return err
-				}
-				winner = &c.Result
-				cancel()
-				return nil
-			})
+	ended := make(chan struct{})
+	run := func(a attempt) {
+		hadCarrier, err := try(ctx, cfg, a, func(c *config) error {
 			mu.Lock()
 			defer mu.Unlock()
-			if hadCarrier {
-				carrier[a.link.Attrs().Name] = true
+			if winner != nil || ctx.Err() != nil {
+				return errLost
 			}
-			if err != nil && !errors.Is(err, errLost) {
-				errs = append(errs, fmt.Errorf("%s %s: %w", a.link.Attrs().Name, a.method, err))
+			if err := apply(cfg, a.link, c); err != nil {
+				return err
 			}
-		}()
+			winner = &c.Result
+			cancel()
+			return nil
+		})
+		mu.Lock()
+		if hadCarrier {
+			carrier[a.link.Attrs().Name] = true
+		}
+		if err != nil && !errors.Is(err, errLost) {
+			errs = append(errs, fmt.Errorf("%s %s: %w", a.link.Attrs().Name, a.method, err))
+		}
+		mu.Unlock()
+		ended <- struct{}{}
 	}
-	wg.Wait()
+	tried := map[int]bool{}
+	for _, l := range links {
+		tried[l.Attrs().Index] = true
+	}
+	running := len(attempts)
+	for _, a := range attempts {
+		go run(a)
+	}
+	poll := time.NewTicker(linkPoll)
+	defer poll.Stop()
+	for running > 0 {
+		select {
+		case <-ended:
+			running--
+		case <-poll.C:
+			if ctx.Err() != nil {
+				continue
+			}
+			now, err := networkLinks()
+			if err != nil {
+				cfg.Log.Debug("network links", "err", err)
+				continue
+			}
+			var fresh []netlink.Link
+			for _, l := range now {
+				if !tried[l.Attrs().Index] {
+					tried[l.Attrs().Index] = true
+					fresh = append(fresh, l)
+					cfg.Log.Debug("new link", "link", l.Attrs().Name)
+				}
+			}
+			for _, a := range plan(cfg, fresh) {
+				running++
+				go run(a)
+			}
+		}
+	}
 
 	if winner != nil {
 		return winner, nil
@@ -185,12 +230,12 @@ func Up(ctx context.Context, cfg Config) (*Result, error) {
 	if len(carrier) == 0 {
 		return nil, ErrNoLink
 	}
-	links := make([]string, 0, len(carrier))
+	names := make([]string, 0, len(carrier))
 	for l := range carrier {
-		links = append(links, l)
+		names = append(names, l)
 	}
-	slices.Sort(links)
-	return nil, &NoLeaseError{Links: links, Err: errors.Join(errs...)}
+	slices.Sort(names)
+	return nil, &NoLeaseError{Links: names, Err: errors.Join(errs...)}
 }
 
 // errLost says another attempt won first.
@@ -212,19 +257,11 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// plan lists the attempts: for each link (all but loopback, or those ip=
-// names), one per DHCP version or the static set-up.
-func plan(cfg Config) ([]attempt, error) {
-	links, err := networkLinks()
-	if err != nil {
-		return nil, err
-	}
-	ips := cfg.IP
-	if len(ips) == 0 {
-		ips = []cmdline.IP{{Method: cmdline.MethodAny}}
-	}
+// plan lists the attempts on links: for each link (all but loopback, or
+// those ip= names), one per DHCP version or the static set-up.
+func plan(cfg Config, links []netlink.Link) []attempt {
 	var attempts []attempt
-	for _, ip := range ips {
+	for _, ip := range cfg.ips() {
 		for _, l := range links {
 			if ip.Interface != "" && ip.Interface != l.Attrs().Name {
 				continue
@@ -232,10 +269,16 @@ func plan(cfg Config) ([]attempt, error) {
 			attempts = append(attempts, attemptsFor(l, ip)...)
 		}
 	}
-	if len(attempts) == 0 && !allOff(ips) {
-		return nil, ErrNoLink
+	return attempts
+}
+
+// ips returns the ip= parameters, or the default of DHCP of either
+// version on every link.
+func (c Config) ips() []cmdline.IP {
+	if len(c.IP) == 0 {
+		return []cmdline.IP{{Method: cmdline.MethodAny}}
 	}
-	return attempts, nil
+	return c.IP
 }
 
 // HasLink reports whether there is a network link other than loopback,

@@ -284,3 +284,50 @@ func BenchmarkUpDHCP(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/lease")
 }
+
+// TestUpLinkLater starts Up with one link that has no carrier and adds a
+// second, wired to the DHCP server, half a second later, as a second card
+// whose driver binds late (or a dock) does: Up must try the new link and
+// get its lease there.
+func TestUpLinkLater(t *testing.T) {
+	testenv.Root(t)
+	ip := testenv.Command(t, "ip")
+	id := fmt.Sprintf("%d%d", os.Getpid(), 8)
+	l := &lab{client: "pbnc" + id, server: "pbns" + id, link: "pbc" + id}
+	for _, ns := range []string{l.client, l.server} {
+		run(t, ip, "netns", "add", ns)
+		t.Cleanup(func() { exec.Command(ip, "netns", "del", ns).Run() })
+	}
+	// The server's bridge takes the name dnsmasq listens on.
+	bridge := "pbs" + id
+	run(t, ip, "-n", l.server, "link", "add", bridge, "type", "bridge")
+	run(t, ip, "-n", l.server, "addr", "add", "192.0.2.1/24", "dev", bridge)
+	run(t, ip, "-n", l.server, "link", "set", bridge, "up")
+	// The first link's other end stays down: no carrier.
+	run(t, ip, "link", "add", l.link, "netns", l.client, "type", "veth", "peer", "name", "pbd"+id, "netns", l.server)
+	l.dnsmasq(t, false)
+
+	late := "pbl" + id
+	added := make(chan error, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		var err error
+		for _, args := range [][]string{
+			{"link", "add", late, "netns", l.client, "type", "veth", "peer", "name", "pbe" + id, "netns", l.server},
+			{"-n", l.server, "link", "set", "pbe" + id, "master", bridge},
+			{"-n", l.server, "link", "set", "pbe" + id, "up"},
+		} {
+			if out, e := exec.Command(ip, args...).CombinedOutput(); e != nil {
+				err = errors.Join(err, fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), e, out))
+			}
+		}
+		added <- err
+	}()
+	rep, _ := l.up(t, Config{CarrierTimeout: 8 * time.Second, ResolvConf: filepath.Join(t.TempDir(), "resolv.conf")}, 20*time.Second)
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+	if rep.Result == nil || rep.Result.Link != late {
+		t.Fatalf("Up() = %+v, want a lease on %s, the link that came later", rep, late)
+	}
+}

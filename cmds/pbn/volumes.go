@@ -18,11 +18,13 @@ import (
 // keyslot of its own for that secret. A data volume that is missing or does not open with it is said
 // on the console, and the boot goes on without it.
 //
-// TODO: the secure moment re-keys the root volume alone (a keyslot for
-// the user's new FDE secret, the provisioning one killed): a data volume
-// keyed for the provisioning key file no longer opens after it, and one
-// keyed for a user's key file opens for that user only. Re-keying every
-// named volume in pbn/securemoment would keep them in step.
+// TODO: keyslots are added and killed on the root's volume alone: by the
+// secure moment (the user's new FDE secret in, the provisioning one out)
+// and by pbn/signin for a further user's key file. A data volume keyed for
+// the provisioning key file no longer opens after the secure moment, and
+// one keyed for the owner does not open for a further user. Giving those
+// packages every named volume (disk.Keyslots for each) would keep the
+// volumes in step.
 
 // errNoVolume says the kernel command line names no LUKS volume.
 var errNoVolume = errors.New("the kernel command line names no LUKS volume (rd.luks.uuid= or rd.luks.name=)")

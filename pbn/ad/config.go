@@ -221,5 +221,15 @@ func (c *Client) dcs(ctx context.Context) ([]dcURL, error) {
 		}
 		out = append(out, d)
 	}
+	c.cfg.Logger.Debug("domain controllers found in DNS", "domain", c.cfg.Domain, "dcs", rawURLs(out))
 	return out, nil
+}
+
+// rawURLs returns the URLs of dcs, for the log.
+func rawURLs(dcs []dcURL) []string {
+	out := make([]string, len(dcs))
+	for i, d := range dcs {
+		out[i] = d.raw
+	}
+	return out
 }

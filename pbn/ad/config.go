@@ -74,7 +74,8 @@ type Config struct {
 	// pre-boot agent passes a clock no earlier than the image's build time.
 	// Default: time.Now.
 	Now func() time.Time
-	// Logger receives each DC's failure. Default: discard.
+	// Logger receives each DC's failure, and at debug level the DCs found
+	// in DNS. Default: discard.
 	Logger *slog.Logger
 }
 

@@ -65,7 +65,7 @@ func MakeDisk(ctx context.Context, spec DiskSpec) error {
 	if err := makeESP(ctx, esp, spec.ESPMiB, spec.ESPFiles); err != nil {
 		return fmt.Errorf("disk %s: %w", spec.Path, err)
 	}
-	if err := makeLUKS(ctx, luks, spec); err != nil {
+	if err := makeLUKS(ctx, luks, spec.LUKSMiB, spec.LUKSUUID, spec.LUKSKey); err != nil {
 		return fmt.Errorf("disk %s: %w", spec.Path, err)
 	}
 
@@ -119,9 +119,10 @@ func makeESP(ctx context.Context, img string, sizeMiB int, files map[string][]by
 	return nil
 }
 
-// makeLUKS formats a LUKS2 volume on the image file img.
-func makeLUKS(ctx context.Context, img string, spec DiskSpec) error {
-	if err := truncate(img, int64(spec.LUKSMiB*mib)); err != nil {
+// makeLUKS formats a LUKS2 volume of sizeMiB with the UUID uuid and one
+// keyslot for key on the image file img.
+func makeLUKS(ctx context.Context, img string, sizeMiB int, uuid string, key secret.Bytes) error {
+	if err := truncate(img, int64(sizeMiB*mib)); err != nil {
 		return err
 	}
 	cryptsetup, err := lookSbin("cryptsetup")
@@ -129,12 +130,61 @@ func makeLUKS(ctx context.Context, img string, spec DiskSpec) error {
 		return err
 	}
 	cmd := exec.CommandContext(ctx, cryptsetup, "luksFormat", "--batch-mode", "--type", "luks2",
-		"--uuid", spec.LUKSUUID, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+		"--uuid", uuid, "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
 		"--luks2-metadata-size", "16k", "--luks2-keyslots-size", "1m",
 		"--offset", fmt.Sprint(luksOffset/512), "--key-file", "-", img)
-	cmd.Stdin = bytes.NewReader(spec.LUKSKey)
+	cmd.Stdin = bytes.NewReader(key)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("cryptsetup luksFormat: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// DataVolume is a LUKS2 partition of a disk that MakeDataDisk makes.
+type DataVolume struct {
+	MiB  int          // the partition's size, header included; at least 4
+	UUID string       // the volume's UUID, for rd.luks.uuid=
+	Key  secret.Bytes // its keyslot's passphrase
+}
+
+// MakeDataDisk makes a laptop's second disk on the host: a GPT with one
+// LUKS2 partition for each of vols, in order, aligned to 1 MiB, their
+// headers made as MakeDisk makes its volume's (the same cheap PBKDF2).
+// The volumes' contents are random: only a guest could write them.
+func MakeDataDisk(ctx context.Context, path string, vols []DataVolume) error {
+	dir, err := os.MkdirTemp("", "pbn-disk-")
+	if err != nil {
+		return fmt.Errorf("disk %s: %w", path, err)
+	}
+	defer os.RemoveAll(dir)
+	size := int64(espStart + gptReserve)
+	for _, v := range vols {
+		if v.MiB < 4 {
+			return fmt.Errorf("disk %s: LUKS of %d MiB too small", path, v.MiB)
+		}
+		size += int64(v.MiB * mib)
+	}
+	if err := truncate(path, size); err != nil {
+		return fmt.Errorf("disk %s: %w", path, err)
+	}
+
+	args := []string{"--clear"}
+	start := espStart / 512
+	for i, v := range vols {
+		n, end := i+1, start+v.MiB*mib/512-1
+		args = append(args, fmt.Sprintf("--new=%d:%d:%d", n, start, end),
+			fmt.Sprintf("--typecode=%d:%s", n, luksTypeGUID), fmt.Sprintf("--change-name=%d:data%d", n, n))
+		luks := filepath.Join(dir, "luks.img")
+		if err := makeLUKS(ctx, luks, v.MiB, v.UUID, v.Key); err != nil {
+			return fmt.Errorf("disk %s: %w", path, err)
+		}
+		if err := copyInto(path, luks, int64(start)*512); err != nil {
+			return fmt.Errorf("disk %s: %w", path, err)
+		}
+		start = end + 1
+	}
+	if err := run(ctx, "sgdisk", append(args, path)...); err != nil {
+		return fmt.Errorf("disk %s: %w", path, err)
 	}
 	return nil
 }

@@ -90,7 +90,10 @@ func BuildPBND(ctx context.Context, dir, out string) error {
 
 // StartEnterprise provisions and starts the domain controller (which takes
 // 10 s to a minute: share one Enterprise between tests) and starts pbnd,
-// with its data in the lab's directory, and returns once both answer.
+// with its data in the lab's directory, and returns once both answer. The
+// DC's DNS server, which serves the domain's records (the SRV records of
+// its DCs among them, MS-ADTS 6.3.2.3), becomes the name server that the
+// lab's DHCP server hands out (Lab.SetDNS).
 func (l *Lab) StartEnterprise(ctx context.Context, opts EnterpriseOptions) (*Enterprise, error) {
 	if opts.PBND == "" {
 		return nil, errors.New("lab: enterprise: no pbnd binary")
@@ -105,6 +108,9 @@ func (l *Lab) StartEnterprise(ctx context.Context, opts EnterpriseOptions) (*Ent
 	l.onClose(dc.Close)
 	l.log.Info("domain controller up", "addr", DCAddr, "realm", dc.Realm,
 		"provisioned", dc.Provisioned, "started", dc.Started)
+	if err := l.SetDNS(ctx, DCAddr); err != nil {
+		return nil, fmt.Errorf("lab: enterprise: %w", err)
+	}
 
 	e := &Enterprise{Lab: l, DC: dc, KeyServer: "https://" + KeyServerAddr.String(), groups: map[string]bool{}}
 	if err := e.startPBND(ctx, opts.PBND); err != nil {
@@ -207,15 +213,12 @@ func (e *Enterprise) AddUser(ctx context.Context, name, password string, groups 
 	return name + "@" + e.DC.DNSDomain, nil
 }
 
-// TODO: the lab's DHCP server hands out no DNS server: the agent reaches
-// the DC and pbnd by address (the DC's certificate carries DCAddr, and key
-// files pin pbnd's key), so nothing needs names yet. Discovering DCs by
-// DNS SRV records (config.AD without DCs) needs StartDHCP to hand out
-// DCAddr, whose Samba DNS serves the domain's records.
-
 // Config returns the agent's configuration for this enterprise: its
 // domain, the DC by address (its certificate carries DCAddr) and an
-// autoboot countdown of DefaultCountdown.
+// autoboot countdown of DefaultCountdown. Without its DCs (AD.DCs nil) the
+// agent finds the DC by the SRV records of the DNS server that the lab's
+// DHCP server hands out, by its name DC.Host, which its certificate
+// carries too.
 func (e *Enterprise) Config() *config.Config {
 	return &config.Config{Version: config.Version,
 		AD:        config.AD{Domain: e.DC.DNSDomain, DCs: []string{e.DC.LDAPS()}},
@@ -227,8 +230,12 @@ func (e *Enterprise) Config() *config.Config {
 // configuration on top: Config as /etc/pbn/pbn.conf and the DC's CA as
 // /etc/pbn/ca.pem, in an archive appended to base, so that one build of
 // the image serves every enterprise.
-func (e *Enterprise) Image(base, out string) error {
-	conf, err := json.Marshal(e.Config())
+func (e *Enterprise) Image(base, out string) error { return e.ImageWith(base, out, e.Config()) }
+
+// ImageWith writes to out the PBN image base with the configuration c on
+// top, and the DC's CA, as Image does.
+func (e *Enterprise) ImageWith(base, out string, c *config.Config) error {
+	conf, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("lab: image: %w", err)
 	}

@@ -79,7 +79,11 @@ type Lab struct {
 	taps    int
 	laptops int
 	dhcp    *Process // the dnsmasq that serves DHCP, if any
-	closed  bool
+	// dhcpExtra are dhcp's further options, kept for a restart, and dns
+	// the name server it hands out, if any (SetDNS).
+	dhcpExtra []string
+	dns       netip.Addr
+	closed    bool
 }
 
 // Options configure a Lab.
@@ -314,11 +318,28 @@ func (l *Lab) onClose(f func() error) {
 }
 
 // StartDHCP starts dnsmasq on the bridge as the LAN's DHCPv4 server (RFC
-// 2131), handing out addresses of Subnet with Gateway as the router. It
-// serves no DNS, and offers at once: no ping of the address first, which
-// would add seconds to every boot.
+// 2131), handing out addresses of Subnet with Gateway as the router, and
+// the name server that SetDNS set, if any. It serves no DNS itself, and
+// offers at once: no ping of the address first, which would add seconds
+// to every boot.
 func (l *Lab) StartDHCP(ctx context.Context) (*Process, error) {
 	return l.startDnsmasq(ctx)
+}
+
+// SetDNS makes the LAN's DHCP server hand out addr as the name server
+// (RFC 2132 section 3.8) from now on: a DHCP server that runs already is
+// started again with it, with its other options and its leases.
+func (l *Lab) SetDNS(ctx context.Context, addr netip.Addr) error {
+	l.mu.Lock()
+	l.dns = addr
+	running := l.dhcp != nil && !l.dhcp.Exited()
+	extra := l.dhcpExtra
+	l.mu.Unlock()
+	if !running {
+		return nil
+	}
+	_, err := l.startDnsmasq(ctx, extra...)
+	return err
 }
 
 // startDnsmasq starts dnsmasq as StartDHCP describes, with further
@@ -331,7 +352,7 @@ func (l *Lab) startDnsmasq(ctx context.Context, extra ...string) (*Process, erro
 		return nil, err
 	}
 	l.mu.Lock()
-	old := l.dhcp
+	old, dns := l.dhcp, l.dns
 	l.mu.Unlock()
 	if old != nil {
 		if err := old.stop(); err != nil {
@@ -342,20 +363,22 @@ func (l *Lab) startDnsmasq(ctx context.Context, extra ...string) (*Process, erro
 	if err := os.Remove(pid); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("lab: dnsmasq: %w", err)
 	}
-	cmd := exec.Command(dnsmasq, append([]string{"--keep-in-foreground", "--no-resolv", "--no-hosts",
+	args := []string{"--keep-in-foreground", "--no-resolv", "--no-hosts",
 		"--conf-file=/dev/null", "--port=0", "--no-ping", "--interface=br0", "--bind-interfaces",
 		"--pid-file=" + pid,
 		"--dhcp-leasefile=" + l.LeaseFile(),
 		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,1h", dhcpFirst, dhcpLast),
 		"--dhcp-option=option:router," + Gateway.String(),
-		"--dhcp-authoritative", "--log-dhcp", "--log-facility=" + filepath.Join(l.Dir, "dnsmasq.log")},
-		extra...)...)
-	p, err := l.Start("dnsmasq", cmd)
+		"--dhcp-authoritative", "--log-dhcp", "--log-facility=" + filepath.Join(l.Dir, "dnsmasq.log")}
+	if dns.IsValid() {
+		args = append(args, "--dhcp-option=option:dns-server,"+dns.String())
+	}
+	p, err := l.Start("dnsmasq", exec.Command(dnsmasq, append(args, extra...)...))
 	if err != nil {
 		return nil, err
 	}
 	l.mu.Lock()
-	l.dhcp = p
+	l.dhcp, l.dhcpExtra = p, extra
 	l.mu.Unlock()
 	// dnsmasq writes its pid file once it listens; a bad option ends it.
 	for range 200 {

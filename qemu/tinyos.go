@@ -18,6 +18,8 @@ import (
 // TimingEnd (or NoTiming), the session file of the handover between
 // SessionBegin and SessionEnd (or NoSession) and the kernel's keys that
 // root can see (/proc/keys) between KeysBegin and KeysEnd, and powers off.
+// Before the timing file it says the opened volumes: MapperLine and the
+// names in /dev/mapper, on one line.
 const (
 	TinyOSBanner = "tinyos: up"
 	TimingBegin  = "tinyos: timing file:"
@@ -30,6 +32,7 @@ const (
 	SessionFile  = "/run/pbn/session"
 	KeysBegin    = "tinyos: keys:"
 	KeysEnd      = "tinyos: end of keys"
+	MapperLine   = "tinyos: mapper"
 	tinyOSInit   = "sbin/init"
 )
 
@@ -44,6 +47,7 @@ const tinyInit = `#!/bin/busybox sh
 echo "` + TinyOSBanner + ` on $(/bin/busybox uname -r), root $(/bin/busybox awk '$2 == "/" {print $1}' /proc/mounts | /bin/busybox tail -n 1)"
 echo "tinyos: tpm $(/bin/busybox ls /sys/class/tpm 2>/dev/null)"
 echo "tinyos: clock $(/bin/busybox date -u +%Y-%m-%d)"
+echo "` + MapperLine + `" $(/bin/busybox ls /dev/mapper 2>/dev/null)
 if [ -r ` + TimingFile + ` ]; then
 	echo "` + TimingBegin + `"
 	/bin/busybox cat ` + TimingFile + `

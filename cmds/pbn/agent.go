@@ -53,7 +53,7 @@ type agent struct {
 	plugged  kmod.ColdplugReport
 	plugErr  error
 
-	volume   cmdline.LUKS // the LUKS volume to open
+	volume   cmdline.LUKS // the LUKS volume that holds the root (volumes.go)
 	luksDev  *disk.Device // where it is
 	espDev   *disk.Device // the ESP, mounted at espMount until the unlock step ends
 	files    []*keyfile.KeyFile
@@ -405,7 +405,7 @@ func (a *agent) deviceContext(ctx context.Context) (context.Context, context.Can
 	return ctx, cancel
 }
 
-// findESP finds the LUKS volume, then the ESP on the same disk: a USB
+// findESP finds the root's LUKS volume, then the ESP on the same disk: a USB
 // stick's ESP must not stand in for the laptop's own. Only when the volume
 // is not a partition does any ESP do.
 func (a *agent) findESP(ctx context.Context) (*disk.Device, error) {
@@ -413,9 +413,7 @@ func (a *agent) findESP(ctx context.Context) (*disk.Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	luks, err := disk.Wait(ctx, disk.Sysfs{}, "UUID="+v.UUID, func(d *disk.Device) bool {
-		return d.Super.Type == disk.TypeLUKS && d.Super.UUID == v.UUID
-	})
+	luks, err := disk.Wait(ctx, disk.Sysfs{}, "UUID="+v.UUID, isLUKS(v.UUID))
 	if err != nil {
 		return nil, err
 	}
@@ -509,22 +507,8 @@ func describe(f *keyfile.KeyFile) string {
 	return h.Kind.String() + " " + h.ID.String()
 }
 
-// volumeSpec returns the LUKS volume to open: the first rd.luks=, or the
-// root device itself when root= names it by UUID.
-func (a *agent) volumeSpec() (cmdline.LUKS, error) {
-	if len(a.cmdline.LUKS) > 0 {
-		// TODO: open every rd.luks volume; a second data volume needs its
-		// own keyslot for the same FDE secret.
-		return a.cmdline.LUKS[0], nil
-	}
-	if a.cmdline.Root.Kind == cmdline.DeviceUUID {
-		return cmdline.LUKS{UUID: a.cmdline.Root.Value, Name: "luks-" + a.cmdline.Root.Value}, nil
-	}
-	return cmdline.LUKS{}, errNoVolume
-}
-
-var errNoVolume = errors.New("the kernel command line names no LUKS volume (rd.luks.uuid= or rd.luks.name=)")
-
+// openDisk opens the root's LUKS volume, then the data volumes, with the
+// opened key file's FDE secret, which it wipes at the end.
 func (a *agent) openDisk(ctx context.Context) error {
 	defer a.opened.Close() // wipes the FDE secret
 	v, dev := a.volume, a.luksDev
@@ -539,6 +523,7 @@ func (a *agent) openDisk(ctx context.Context) error {
 		return err
 	}
 	a.say("disk: %s opened as %s", dev.Path, disk.Mapper(v.Name))
+	a.openData(ctx, cs)
 	a.handover()
 	if a.cmdline.Root.Kind == "" || a.cmdline.Root == (cmdline.Device{Kind: cmdline.DeviceUUID, Value: v.UUID}) {
 		a.cmdline.Root = cmdline.Device{Kind: cmdline.DevicePath, Value: disk.Mapper(v.Name)}

@@ -74,7 +74,8 @@ type Config struct {
 	// pre-boot agent passes a clock no earlier than the image's build time.
 	// Default: time.Now.
 	Now func() time.Time
-	// Logger receives each DC's failure. Default: discard.
+	// Logger receives each DC's failure, and at debug level the DCs found
+	// in DNS. Default: discard.
 	Logger *slog.Logger
 }
 
@@ -221,5 +222,15 @@ func (c *Client) dcs(ctx context.Context) ([]dcURL, error) {
 		}
 		out = append(out, d)
 	}
+	c.cfg.Logger.Debug("domain controllers found in DNS", "domain", c.cfg.Domain, "dcs", rawURLs(out))
 	return out, nil
+}
+
+// rawURLs returns the URLs of dcs, for the log.
+func rawURLs(dcs []dcURL) []string {
+	out := make([]string, len(dcs))
+	for i, d := range dcs {
+		out[i] = d.raw
+	}
+	return out
 }

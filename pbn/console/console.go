@@ -47,7 +47,8 @@ type Console struct {
 	saved  *unix.Termios // the terminal's settings before New
 	lastCR bool          // the last password ended with '\r': a '\n' may follow
 	// shown is the prompt line on the screen, the prompt and the echo of
-	// what was typed ('*' for a password), while one shows; nil otherwise.
+	// what was typed ('*' for a password, never the password itself),
+	// while one shows; nil otherwise.
 	shown []byte
 
 	reading sync.Mutex // held by Password while it reads, one at a time

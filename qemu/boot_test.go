@@ -245,7 +245,9 @@ func TestBootCorruptKeyFile(t *testing.T) {
 }
 
 // TestBootNoDHCP boots without a DHCP server: the network step gives up
-// within its timeout and the prompt still comes.
+// within its timeout and the prompt still comes. The prompt does not wait
+// for the network (TestPromptBeforeDHCP): the network's line comes before
+// it or, said above it, before the prompt shown again.
 func TestBootNoDHCP(t *testing.T) {
 	_, _, disk, _ := pbnDisk(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*bootTimeout)

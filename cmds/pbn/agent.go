@@ -52,6 +52,10 @@ type agent struct {
 	coldplug chan struct{}
 	plugged  kmod.ColdplugReport
 	plugErr  error
+	// netDone is closed when the network step has ended, which its own
+	// timeout bounds: the stages that need the network wait for it
+	// (awaitNetwork).
+	netDone chan struct{}
 
 	volume   cmdline.LUKS // the LUKS volume that holds the root (volumes.go)
 	luksDev  *disk.Device // where it is
@@ -79,6 +83,7 @@ func newAgent(start time.Time) *agent {
 		con:     console.New(os.Stdin, os.Stdout),
 		log:     slog.New(slog.DiscardHandler),
 		cmdline: &cmdline.Cmdline{PBN: cmdline.Options{OnFail: cmdline.FailHalt}},
+		netDone: make(chan struct{}),
 	}
 }
 
@@ -91,14 +96,23 @@ func (a *agent) run(ctx context.Context) error {
 	if a.cmdline.PBN.Mode == cmdline.ModeImage {
 		return a.image(ctx)
 	}
+	// The unlock step waits for the network only where its stage needs
+	// it (see stages); the root step waits for it in any case, so that
+	// the network's outcome is said and stamped before the OS starts,
+	// within the network's timeout.
+	// TODO: the typing that the timing file leaves out (Timing.Exclude)
+	// can overlap the root step's wait for the network: when the network
+	// ends after the disk has opened, the boot time less the typing reads
+	// shorter than a boot with the password typed at once would take.
+	// Stamping that wait as a phase of its own would tell the two apart.
 	steps := []stage.Step{
 		{Name: "drivers", Run: a.drivers},
 		{Name: "network", Run: a.network, Background: true},
 		{Name: "keyfiles", Run: a.keyFiles},
-		{Name: "unlock", Run: a.unlock, After: []string{"network"}},
+		{Name: "unlock", Run: a.unlock},
 		{Name: "modules", Run: a.modules},
 		{Name: "disk", Run: a.openDisk},
-		{Name: "root", Run: a.mountRoot},
+		{Name: "root", Run: a.mountRoot, After: []string{"network"}},
 	}
 	if err := stage.Run(ctx, a.timing, steps); err != nil {
 		return err
@@ -297,15 +311,14 @@ func linkModprobe(log *slog.Logger) {
 	}
 }
 
-// network brings up the network, beside the key files' step: the unlock
-// step waits for it, so that its console lines come before the prompt and
-// the stages that need the directory or the key server find it up. A
-// network that does not come up is not an error: the password unlock
-// needs none.
-// TODO: the password prompt could come up while DHCP runs, for the key
-// files that open with a password alone; the network's lines would then
-// have to wait for the prompt's end.
+// network brings up the network, beside the key files' step and the
+// prompt: the person types while DHCP runs, and the network's lines go
+// above the prompt (console.Console). The stages that need the directory
+// or the key server wait for it (awaitNetwork); its progress lines show
+// while no prompt does. A network that does not come up is not an error:
+// the password unlock needs none, and the deployed stage signs in offline.
 func (a *agent) network(boot context.Context) error {
+	defer close(a.netDone)
 	ctx, cancel := context.WithTimeout(boot, a.cmdline.PBN.NetTimeout)
 	defer cancel()
 	start := time.Now()
@@ -329,7 +342,19 @@ func (a *agent) network(boot context.Context) error {
 	return nil
 }
 
-// progress says msg every second until stop is called.
+// awaitNetwork waits for the network step to end. It returns ctx's error
+// when the boot ends first.
+func (a *agent) awaitNetwork(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-a.netDone:
+		return nil
+	}
+}
+
+// progress says msg every second, while no prompt shows, until stop is
+// called.
 func (a *agent) progress(msg string) (stop func()) {
 	done := make(chan struct{})
 	go func() {
@@ -340,7 +365,7 @@ func (a *agent) progress(msg string) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				a.say("%s (%d s)...", msg, n)
+				a.con.Progress("pbn: %s (%d s)...", msg, n)
 			}
 		}
 	}()
@@ -436,14 +461,19 @@ func (a *agent) loadModule(name string) {
 // key file means the device's secure moment has not finished, even with a
 // user's key file beside it (a power cut cut it short): signing in again
 // finishes it, where the user's key file alone might not open the disk
-// yet.
+// yet. A stage with network set runs once the network step has ended: the
+// provisioning stage's autoboot asks the key server before any prompt,
+// and whether it opened decides between the countdown and the sign-in.
+// The deployed stage prompts at once, and its sign-in waits for the
+// network after the password (deployed.go).
 var stages = []struct {
-	name  string
-	kinds []keyfile.Kind
-	run   func(*agent, context.Context) (*keyfile.KeyFile, error)
+	name    string
+	kinds   []keyfile.Kind
+	network bool
+	run     func(*agent, context.Context) (*keyfile.KeyFile, error)
 }{
-	{"provisioning", []keyfile.Kind{keyfile.KindProvisioning}, (*agent).provisioning},
-	{"deployed", []keyfile.Kind{keyfile.KindUser, keyfile.KindAdministrator}, (*agent).openKeyFile},
+	{"provisioning", []keyfile.Kind{keyfile.KindProvisioning}, true, (*agent).provisioning},
+	{"deployed", []keyfile.Kind{keyfile.KindUser, keyfile.KindAdministrator}, false, (*agent).openKeyFile},
 }
 
 // errNoStage says no key file on the ESP is of a kind that a stage opens.
@@ -472,6 +502,11 @@ func (a *agent) unlock(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("stage", "name", stages[i].name)
+	if stages[i].network {
+		if err := a.awaitNetwork(ctx); err != nil {
+			return err
+		}
+	}
 	f, err := stages[i].run(a, ctx)
 	if err != nil {
 		return err

@@ -105,7 +105,8 @@ func (a *agent) deployed(ctx context.Context) (*keyfile.KeyFile, error) {
 		return nil, err
 	}
 	// The directory and the key server are made ready while the person
-	// types; a sign-in waits for them, a recovery key does not need them.
+	// types, the network too; a sign-in waits for them, a recovery key
+	// does not need them.
 	connected := make(chan struct{})
 	go func() {
 		defer close(connected)
@@ -123,9 +124,12 @@ func (a *agent) deployed(ctx context.Context) (*keyfile.KeyFile, error) {
 
 // connect gives d the directory and the key server, as far as the image's
 // configuration and the key files name them; what is missing leaves the
-// device offline. It opens a connection to the key server, which the
-// sign-in then uses: its TLS handshake, signed by the TPM's device key,
-// is done while the person types.
+// device offline. It waits for the network step, then opens a connection
+// to the key server, which the sign-in then uses: its TLS handshake,
+// signed by the TPM's device key, is done while the person types when the
+// network came up in time. When the network did not come up, the sign-in
+// finds the directory and the server unreachable and the offline rules
+// apply.
 func (a *agent) connect(ctx context.Context, d *signin.Device) {
 	dir, err := a.directory()
 	if err != nil {
@@ -151,6 +155,9 @@ func (a *agent) connect(ctx context.Context, d *signin.Device) {
 		return
 	}
 	d.Directory, d.Server = dir, c
+	if err := a.awaitNetwork(ctx); err != nil {
+		return
+	}
 	hctx, cancel := context.WithTimeout(ctx, signInTimeout)
 	defer cancel()
 	if err := c.Healthy(hctx); err != nil {

@@ -4,6 +4,7 @@
 package console
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -32,8 +33,12 @@ var (
 )
 
 // Console writes lines to a person and reads passwords from them. Its
-// methods are safe for concurrent use; Say from another goroutine waits
-// while a password is being typed.
+// methods are safe for concurrent use. While a prompt shows (Password, or
+// a prompt line between Begin and End), a line that Say, Progress or Write
+// prints from another goroutine goes above it: the prompt's line is
+// cleared, the line printed, and the prompt shown again below it with what
+// was typed so far, so that no line ever lands in the middle of a prompt
+// and nothing waits for the person to finish typing.
 type Console struct {
 	mu     sync.Mutex
 	in     io.Reader
@@ -41,6 +46,12 @@ type Console struct {
 	fd     int           // the terminal's descriptor, or -1 for plain input
 	saved  *unix.Termios // the terminal's settings before New
 	lastCR bool          // the last password ended with '\r': a '\n' may follow
+	// shown is the prompt line on the screen, the prompt and the echo of
+	// what was typed ('*' for a password, never the password itself),
+	// while one shows; nil otherwise.
+	shown []byte
+
+	reading sync.Mutex // held by Password while it reads, one at a time
 }
 
 // New returns a Console on in and out. When in is a terminal (an *os.File
@@ -99,18 +110,92 @@ func (c *Console) Drain() {
 	}
 }
 
-// Say prints one line.
+// Say prints one line, above the prompt while one shows.
 func (c *Console) Say(format string, args ...any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	fmt.Fprintf(c.out, format+"\n", args...)
+	c.above(fmt.Appendf(nil, format+"\n", args...))
 }
 
-// Write writes p as it is, for loggers that share the console.
+// Progress prints one line, as Say, but not while a prompt shows: a
+// progress line says that something is still going on to a person who
+// would otherwise stare at nothing, and one at a prompt is busy typing.
+func (c *Console) Progress(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.shown == nil {
+		fmt.Fprintf(c.out, format+"\n", args...)
+	}
+}
+
+// Write writes p, whole lines from loggers that share the console, above
+// the prompt while one shows.
 func (c *Console) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.out.Write(p)
+	if err := c.above(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// above writes p, ending it with a newline when a prompt shows: first the
+// prompt's line is cleared (a carriage return and ECMA-48's EL, "CSI K"),
+// and after p the prompt is shown again. The caller holds mu.
+// TODO: a prompt line wider than the terminal wraps, and clearing it
+// clears only its last row: the rows above stay, above the line said. The
+// terminal's width (TIOCGWINSZ, often unknown on a serial line) would tell
+// how many rows to clear.
+func (c *Console) above(p []byte) error {
+	if c.shown == nil {
+		_, err := c.out.Write(p)
+		return err
+	}
+	b := append([]byte("\r\x1b[K"), p...)
+	if !bytes.HasSuffix(b, []byte("\n")) {
+		b = append(b, '\n')
+	}
+	_, err := c.out.Write(append(b, c.shown...))
+	return err
+}
+
+// Begin shows prompt, which starts a prompt line: until End, lines said
+// from elsewhere go above it (see [Console]). Echo and Backspace show
+// what is typed on it.
+func (c *Console) Begin(prompt string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.shown = append([]byte{}, prompt...)
+	fmt.Fprint(c.out, prompt)
+}
+
+// Echo shows p, typed characters or their mask, on the prompt line.
+func (c *Console) Echo(p []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.shown != nil {
+		c.shown = append(c.shown, p...)
+	}
+	c.out.Write(p)
+}
+
+// Backspace erases the last character that Echo showed.
+func (c *Console) Backspace() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.shown != nil {
+		_, size := utf8.DecodeLastRune(c.shown)
+		c.shown = c.shown[:len(c.shown)-size]
+	}
+	fmt.Fprint(c.out, "\b \b")
+}
+
+// End ends the prompt line with a newline.
+func (c *Console) End() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.shown = nil
+	fmt.Fprint(c.out, "\n")
 }
 
 // Password shows prompt and reads a password, echoing a '*' per character
@@ -118,14 +203,14 @@ func (c *Console) Write(p []byte) (int, error) {
 // line; Enter ends it. It returns ErrClosed when the input ends, and the
 // time the person took (to leave out of the boot time).
 func (c *Console) Password(prompt string) (secret.Bytes, time.Duration, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.reading.Lock()
+	defer c.reading.Unlock()
 
-	fmt.Fprint(c.out, prompt)
+	c.Begin(prompt)
 	start := time.Now()
 	pw, err := c.readMasked()
 	took := time.Since(start)
-	fmt.Fprint(c.out, "\n")
+	c.End()
 	return pw, took, err
 }
 
@@ -160,7 +245,7 @@ func (c *Console) readMasked() (secret.Bytes, error) {
 			if !utf8.RuneStart(b) {
 				continue // one '*' per character, not per byte
 			}
-			fmt.Fprint(c.out, "*")
+			c.Echo([]byte("*"))
 		}
 	}
 }
@@ -171,7 +256,7 @@ func (c *Console) erase(pw secret.Bytes, n int) secret.Bytes {
 		_, size := utf8.DecodeLastRune(pw)
 		clear(pw[len(pw)-size:])
 		pw = pw[:len(pw)-size]
-		fmt.Fprint(c.out, "\b \b")
+		c.Backspace()
 	}
 	return pw
 }

@@ -8,7 +8,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -152,26 +151,77 @@ func TestAskStopsOnOtherErrors(t *testing.T) {
 	}
 }
 
-func TestSayWaitsForPassword(t *testing.T) {
-	master, slave := openPTY(t)
-	c := New(slave, slave)
-	scr := watch(master)
-	done := make(chan struct{})
-	go func() {
-		c.Password("pw: ")
-		close(done)
-	}()
-	time.Sleep(20 * time.Millisecond) // let the prompt take the console
-	said := make(chan struct{})
-	go func() { c.Say("pbn: progress"); close(said) }()
-	master.Write([]byte("abc\r"))
-	<-done
-	<-said
-	c.Close()
-	slave.Close()
-	<-scr.done
-	if got := scr.buf.String(); !strings.HasPrefix(got, "pw: ***") {
-		t.Errorf("the terminal shows %q, want the prompt and its stars before the progress line", got)
+// typing is typed input that runs said, as another goroutine would, once
+// after bytes have been read.
+type typing struct {
+	typed string
+	after int
+	said  func()
+	read  int
+}
+
+func (r *typing) Read(p []byte) (int, error) {
+	if r.read == r.after && r.said != nil {
+		r.said()
+		r.said = nil
+	}
+	if r.read == len(r.typed) || len(p) == 0 {
+		return 0, io.EOF
+	}
+	p[0] = r.typed[r.read]
+	r.read++
+	return 1, nil
+}
+
+// TestSayAbovePrompt says lines while a password is typed: each goes
+// above the prompt, which shows again below it with its stars, and none
+// waits for the end of the typing. A progress line is left out.
+func TestSayAbovePrompt(t *testing.T) {
+	tests := []struct {
+		name  string
+		typed string
+		after int
+		say   func(c *Console)
+		shown string
+	}{
+		{"say", "abc\r", 2, func(c *Console) { c.Say("pbn: network: up") },
+			"pw: **\r\x1b[Kpbn: network: up\npw: ***\n"},
+		{"log line", "abc\r", 1, func(c *Console) { c.Write([]byte("level=INFO msg=lease\n")) },
+			"pw: *\r\x1b[Klevel=INFO msg=lease\npw: ***\n"},
+		{"after a backspace", "ab\x7fc\r", 3, func(c *Console) { c.Say("pbn: network: up") },
+			"pw: **\b \b\r\x1b[Kpbn: network: up\npw: **\n"},
+		{"before any key", "a\r", 0, func(c *Console) { c.Say("pbn: network: up") },
+			"pw: \r\x1b[Kpbn: network: up\npw: *\n"},
+		{"progress left out", "abc\r", 2, func(c *Console) { c.Progress("pbn: network: waiting") },
+			"pw: ***\n"},
+		{"after the prompt", "abc\r", 4, func(c *Console) { c.Say("pbn: network: up") },
+			"pw: ***\npbn: network: up\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			in := &typing{typed: tt.typed, after: tt.after}
+			c := New(in, &out)
+			in.said = func() { tt.say(c) }
+			if _, _, err := c.Password("pw: "); err != nil {
+				t.Fatalf("Password() = %v", err)
+			}
+			if in.said != nil { // the typing ended first
+				in.said()
+			}
+			if got := out.String(); got != tt.shown {
+				t.Errorf("the console shows %q, want %q", got, tt.shown)
+			}
+		})
+	}
+}
+
+func TestProgressWithoutPrompt(t *testing.T) {
+	var out bytes.Buffer
+	c := New(strings.NewReader(""), &out)
+	c.Progress("pbn: network: waiting (%d s)...", 2)
+	if got, want := out.String(), "pbn: network: waiting (2 s)...\n"; got != want {
+		t.Errorf("Progress showed %q, want %q", got, want)
 	}
 }
 

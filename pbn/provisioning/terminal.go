@@ -109,14 +109,15 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // Account shows prompt and reads a line, echoed as typed. Backspace
 // removes the last character; Ctrl-U or Ctrl-C clears the line; other
-// control characters (C0 and C1) are dropped; Enter ends it. It returns
+// control characters (C0 and C1) are dropped; Enter ends it. Lines said
+// meanwhile go above the prompt (console.Console.Begin). It returns
 // console.ErrClosed when the input ends.
 func (t *Terminal) Account(prompt string) (string, time.Duration, error) {
-	t.Console.Write([]byte(prompt))
+	t.Console.Begin(prompt)
 	start := time.Now()
 	line, err := t.readLine()
 	took := time.Since(start)
-	t.Console.Write([]byte("\n"))
+	t.Console.End()
 	return line, took, err
 }
 
@@ -146,7 +147,7 @@ func (t *Terminal) readLine() (string, error) {
 				continue
 			}
 			if utf8.Valid(tail) {
-				t.Console.Write(tail)
+				t.Console.Echo(tail)
 			}
 		}
 	}
@@ -166,7 +167,7 @@ func (t *Terminal) erase(line []byte, n int) []byte {
 	for ; n > 0 && len(line) > 0; n-- {
 		_, size := utf8.DecodeLastRune(line)
 		line = line[:len(line)-size]
-		t.Console.Write([]byte("\b \b"))
+		t.Console.Backspace()
 	}
 	return line
 }

@@ -108,6 +108,34 @@ func TestAccount(t *testing.T) {
 	}
 }
 
+// TestAccountLineAbove says a line while an account is typed: it goes
+// above the prompt, which shows again with what was typed so far, and
+// the account read is whole.
+func TestAccountLineAbove(t *testing.T) {
+	s := newSession(t)
+	s.typeIn(t, "alx\x7f")
+	type result struct {
+		account string
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		a, _, err := s.term.Account("Sign in as: ")
+		done <- result{a, err}
+	}()
+	waitFor(t, s, "alx\b \b")
+	s.term.Say("pbn: network: up")
+	s.typeIn(t, "ice\r")
+	r := <-done
+	if r.account != "alice" || r.err != nil {
+		t.Errorf("Account = %q, %v, want alice", r.account, r.err)
+	}
+	want := "Sign in as: alx\b \b\r\x1b[Kpbn: network: up\nSign in as: alice\n"
+	if got := s.out.String(); got != want {
+		t.Errorf("the console shows %q, want %q", got, want)
+	}
+}
+
 // FuzzAccount types anything: the account read holds no control
 // character, is at most MaxAccount bytes, and the screen shows no control
 // character but the erasing backspace and the final newline.

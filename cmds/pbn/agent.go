@@ -270,8 +270,8 @@ func (a *agent) waitLink(ctx context.Context) error {
 }
 
 // modules waits for the coldplug that the drivers step started: the
-// ciphers that the CPU's features ask for (aesni_intel), which load last,
-// are for the disk. The steps before need only what they wait for
+// ciphers that the CPU's features ask for (aesni_intel), which take
+// longest, are for the disk. The steps before need only what they wait for
 // themselves: a link, a disk with the ESP, the vfat modules.
 func (a *agent) modules(ctx context.Context) error {
 	select {

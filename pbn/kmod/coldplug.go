@@ -69,33 +69,29 @@ type ColdplugReport struct {
 // looks at the tree once and loads the matches; a round is each set of
 // modules started together. The devices that those drivers bring are
 // loaded for as they come, from opts.Added, without waiting for the slow
-// modules of the same round. The modules of the CPU's features (ciphers
-// and checksums, whose self-tests take seconds under emulation and which
-// no device waits for) load last, once the devices' drivers have loaded
-// and no new device came. With opts.First, the devices of that class have
-// theirs loaded in a pass of their own before the others (see
-// [ColdplugOptions.First]). It returns an error only when it cannot read
-// the tree or ctx ends; modules that fail to load are in the report.
+// modules of the same round. With opts.First, the devices of that class
+// have theirs loaded in a pass of their own before the others (see
+// [ColdplugOptions.First]). The modules of the CPU's features (ciphers and
+// checksums, whose self-tests take seconds under emulation) start with
+// the pass of every device, beside it: no device waits for them, so a pass
+// settles without them, and the coldplug ends once they have loaded too.
+// It returns an error only when it cannot read the tree or ctx ends;
+// modules that fail to load are in the report.
 func (l *Loader) Coldplug(ctx context.Context, opts ColdplugOptions) (ColdplugReport, error) {
 	opts = opts.withDefaults()
 	var rep ColdplugReport
-	loads := newLoads(l, loadWorkers)
+	devices, cpu := newLoads(l, loadWorkers), newLoads(l, loadWorkers)
 	var err error
 	if opts.First != nil {
-		_, err = l.pass(ctx, opts, opts.First, loads, &rep)
+		err = l.pass(ctx, opts, opts.First, devices, cpu, &rep)
 	}
-	var cpu []string
 	if err == nil {
-		cpu, err = l.pass(ctx, opts, nil, loads, &rep)
+		err = l.pass(ctx, opts, nil, devices, cpu, &rep)
 	}
+	errs := append(devices.wait(), cpu.wait()...)
 	if err != nil {
-		loads.wait()
 		return rep, err
 	}
-	cpu = slices.DeleteFunc(cpu, l.tried)
-	rep.Modules = append(rep.Modules, cpu...)
-	loads.start(cpu)
-	errs := loads.wait()
 	slices.Sort(rep.Modules)
 	rep.Modules = slices.Compact(rep.Modules)
 	rep.Err = errors.Join(errs...)
@@ -103,33 +99,33 @@ func (l *Loader) Coldplug(ctx context.Context, opts ColdplugOptions) (ColdplugRe
 }
 
 // pass loads the modules of the devices of class c (every device when c
-// is nil), in rounds, and adds them to rep. It returns the CPU's modules
-// that it found and did not load.
+// is nil), in rounds, and adds them to rep; the CPU's modules that it
+// finds load on cpu, which it does not wait for.
 func (l *Loader) pass(ctx context.Context, opts ColdplugOptions, c *Class,
-	loads *loads, rep *ColdplugReport) ([]string, error) {
-	w := &watch{opts: opts, added: opts.Added, loads: loads}
+	devices, cpu *loads, rep *ColdplugReport) error {
+	w := &watch{opts: opts, added: opts.Added, loads: devices}
 	if c != nil {
 		w.buses = c.Buses
 	}
 	seen := map[string]bool{}
-	var cpu []string
 	rounds := 0
 	for aliases, err := w.look(); ; aliases, err = w.next(ctx) {
 		if err != nil || aliases == nil {
-			return cpu, err
+			return err
 		}
 		devs, cpuMods := l.matches(aliases, c, seen)
-		cpu = append(cpu, cpuMods...)
+		rep.Modules = append(rep.Modules, cpuMods...)
+		cpu.start(cpuMods)
 		if len(devs) == 0 {
 			continue
 		}
 		if rounds == opts.MaxRounds {
-			return cpu, nil
+			return nil
 		}
 		rounds++
 		rep.Rounds++
 		rep.Modules = append(rep.Modules, devs...)
-		loads.start(devs)
+		devices.start(devs)
 		w.looked = false
 	}
 }

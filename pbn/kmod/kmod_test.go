@@ -188,7 +188,7 @@ func writeModalias(t *testing.T, sys, bus, dev, alias string) {
 // TestColdplug runs a coldplug over a sysfs tree laid out like QEMU's: a
 // virtio PCI function whose driver, once loaded, brings a virtio network
 // device, whose own driver the second round loads, and a CPU with AES-NI,
-// whose module loads after every device's.
+// whose module loads after the network's pass.
 func TestColdplug(t *testing.T) {
 	sys := t.TempDir()
 	cpu := filepath.Join(sys, "devices", "system", "cpu")
@@ -210,7 +210,7 @@ func TestColdplug(t *testing.T) {
 		"virtio_pci": func() { writeModalias(t, sys, "virtio", pci+"/virtio0", "virtio:d00000001v00001AF4") },
 	}}
 	l := newTestLoader(t, r)
-	rep, err := l.Coldplug(context.Background(), ColdplugOptions{Sysfs: sys})
+	rep, err := l.Coldplug(context.Background(), ColdplugOptions{Sysfs: sys, First: Network})
 	if err != nil {
 		t.Fatalf("Coldplug() = %v", err)
 	}

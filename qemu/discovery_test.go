@@ -12,7 +12,6 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 
 	"github.com/pbn-project/pbn/internal/netns"
-	"github.com/pbn-project/pbn/pbn/securemoment"
 )
 
 // TestSetDNS asks the lab's DHCP server for a lease, from a veth on its
@@ -122,12 +121,5 @@ func TestDCByDNS(t *testing.T) {
 	signIn(t, ctx, m, "dns-dora", labPassword)
 	dc := "ldap://" + e.DC.Host + ":389"
 	expect(t, ctx, m, `domain controllers found in DNS" .*dcs=\[`+regexp.QuoteMeta(dc)+`\]`)
-	for _, s := range securemoment.Steps {
-		expect(t, ctx, m, stepRE(s))
-	}
-	expect(t, ctx, m, `pbn: secure moment: this computer is now `+regexp.QuoteMeta(upn)+`'s\n`, tinyOSRE)
-	if err := m.Wait(ctx); err != nil {
-		t.Errorf("Wait = %v, want the tiny OS to power off", err)
-	}
-	checkOwned(t, ctx, e, dev, upn)
+	finishSecureMoment(t, ctx, e, dev, m, upn)
 }

@@ -345,6 +345,14 @@ func TestSecureMoment(t *testing.T) {
 	signIn(t, ctx, m, "alice", "wr0ng-Password")
 	expect(t, ctx, m, regexp.QuoteMeta(ad.WrongCredentials.Sentence()))
 	typeCredentials(t, ctx, m, "alice", labPassword)
+	finishSecureMoment(t, ctx, e, dev, m, upn)
+}
+
+// finishSecureMoment follows the secure moment that a sign-in started on
+// m to the tiny OS's power-off, each step's line and then the owner's, and
+// checks that dev is upn's.
+func finishSecureMoment(t *testing.T, ctx context.Context, e *Enterprise, dev *Device, m *Laptop, upn string) {
+	t.Helper()
 	for _, s := range securemoment.Steps {
 		expect(t, ctx, m, stepRE(s))
 	}

@@ -15,8 +15,9 @@ import (
 // The others are data volumes, each opened with the FDE secret of the key
 // file that opened, as systemd-cryptsetup tries the passphrase it cached
 // in the kernel keyring on each further volume: a data volume carries a
-// keyslot of its own for that secret. A data volume that is missing or does not open with it is said
-// on the console, and the boot goes on without it.
+// keyslot of its own for that secret. A data volume that is missing or
+// does not open with it is said on the console, and the boot goes on
+// without it.
 //
 // TODO: keyslots are added and killed on the root's volume alone: by the
 // secure moment (the user's new FDE secret in, the provisioning one out)

@@ -25,8 +25,9 @@ type ColdplugOptions struct {
 	Sysfs string
 	// Added tells of the devices that come after the coldplug started,
 	// those that the drivers it loads bring (virtio's network device,
-	// behind virtio_pci): the channel of [Uevents.Modaliases]. Without it
-	// a pass looks at the tree again each time its loads have ended.
+	// behind virtio_pci): the channel of [Uevents.Modaliases]. Without it,
+	// or once it is closed, a pass looks at the tree again each time its
+	// loads have ended.
 	Added <-chan string
 	// Settle is how long a pass waits for new devices after its last
 	// module loaded (drivers that probe asynchronously, USB hubs);
@@ -147,8 +148,8 @@ func (w *watch) look() ([]string, error) {
 }
 
 // next waits for devices that may be new: those that opts.Added tells of,
-// or without it those of another look at the tree once the loads have
-// ended. It returns nil when the loads have ended and no device came for
+// or without it (or once it is closed) those of another look at the tree
+// once the loads have ended. It returns nil when the loads have ended and no device came for
 // opts.Settle.
 func (w *watch) next(ctx context.Context) ([]string, error) {
 	tick := time.NewTicker(settlePoll)
@@ -168,7 +169,7 @@ func (w *watch) next(ctx context.Context) ([]string, error) {
 				idle = time.Time{}
 			case idle.IsZero():
 				idle = time.Now()
-			case w.opts.Added == nil && !w.looked:
+			case w.added == nil && !w.looked:
 				return w.look()
 			case time.Since(idle) >= w.opts.Settle:
 				return nil, nil

@@ -188,8 +188,20 @@ func writeModalias(t *testing.T, sys, bus, dev, alias string) {
 // TestColdplug runs a coldplug over a sysfs tree laid out like QEMU's: a
 // virtio PCI function whose driver, once loaded, brings a virtio network
 // device, whose own driver the second round loads, and a CPU with AES-NI,
-// whose module loads after the network's pass.
+// whose module loads after the network's pass. New devices are found by
+// looking at the tree again, as without the kernel's uevents.
 func TestColdplug(t *testing.T) {
+	ended := make(chan string)
+	close(ended)
+	for _, tt := range []struct {
+		name  string
+		added <-chan string
+	}{{"without uevents", nil}, {"after the uevents ended", ended}} {
+		t.Run(tt.name, func(t *testing.T) { testColdplug(t, tt.added) })
+	}
+}
+
+func testColdplug(t *testing.T, added <-chan string) {
 	sys := t.TempDir()
 	cpu := filepath.Join(sys, "devices", "system", "cpu")
 	if err := os.MkdirAll(cpu, 0o755); err != nil {
@@ -210,7 +222,7 @@ func TestColdplug(t *testing.T) {
 		"virtio_pci": func() { writeModalias(t, sys, "virtio", pci+"/virtio0", "virtio:d00000001v00001AF4") },
 	}}
 	l := newTestLoader(t, r)
-	rep, err := l.Coldplug(context.Background(), ColdplugOptions{Sysfs: sys, First: Network})
+	rep, err := l.Coldplug(context.Background(), ColdplugOptions{Sysfs: sys, First: Network, Added: added})
 	if err != nil {
 		t.Fatalf("Coldplug() = %v", err)
 	}

@@ -271,8 +271,8 @@ func (a *agent) waitLink(ctx context.Context) error {
 
 // modules waits for the coldplug that the drivers step started: the
 // ciphers that the CPU's features ask for (aesni_intel), which take
-// longest, are for the disk. The steps before need only what they wait for
-// themselves: a link, a disk with the ESP, the vfat modules.
+// longest, are for the disk. The steps before need only what they wait
+// for themselves: a link, a disk with the ESP, the vfat modules.
 func (a *agent) modules(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
@@ -434,7 +434,7 @@ func (a *agent) deviceContext(ctx context.Context) (context.Context, context.Can
 // stick's ESP must not stand in for the laptop's own. Only when the volume
 // is not a partition does any ESP do.
 func (a *agent) findESP(ctx context.Context) (*disk.Device, error) {
-	v, err := a.volumeSpec()
+	v, err := rootVolume(a.cmdline)
 	if err != nil {
 		return nil, err
 	}

@@ -30,9 +30,6 @@ import (
 // errNoVolume says the kernel command line names no LUKS volume.
 var errNoVolume = errors.New("the kernel command line names no LUKS volume (rd.luks.uuid= or rd.luks.name=)")
 
-// volumeSpec returns the LUKS volume that holds the root (rootVolume).
-func (a *agent) volumeSpec() (cmdline.LUKS, error) { return rootVolume(a.cmdline) }
-
 // rootVolume returns the LUKS volume that holds the root: the rd.luks
 // volume that root= names itself (by the LUKS UUID or the mapper path),
 // else the first rd.luks volume, or, with none, the root device itself

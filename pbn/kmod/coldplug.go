@@ -149,8 +149,8 @@ func (w *watch) look() ([]string, error) {
 
 // next waits for devices that may be new: those that opts.Added tells of,
 // or without it (or once it is closed) those of another look at the tree
-// once the loads have ended. It returns nil when the loads have ended and no device came for
-// opts.Settle.
+// once the loads have ended. It returns nil when the loads have ended and
+// no device came for opts.Settle.
 func (w *watch) next(ctx context.Context) ([]string, error) {
 	tick := time.NewTicker(settlePoll)
 	defer tick.Stop()

@@ -204,20 +204,7 @@ func Up(ctx context.Context, cfg Config) (*Result, error) {
 			if ctx.Err() != nil {
 				continue
 			}
-			now, err := networkLinks()
-			if err != nil {
-				cfg.Log.Debug("network links", "err", err)
-				continue
-			}
-			var fresh []netlink.Link
-			for _, l := range now {
-				if !tried[l.Attrs().Index] {
-					tried[l.Attrs().Index] = true
-					fresh = append(fresh, l)
-					cfg.Log.Debug("new link", "link", l.Attrs().Name)
-				}
-			}
-			for _, a := range plan(cfg, fresh) {
+			for _, a := range plan(cfg, newLinks(cfg, tried)) {
 				running++
 				go run(a)
 			}
@@ -236,6 +223,25 @@ func Up(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	slices.Sort(names)
 	return nil, &NoLeaseError{Links: names, Err: errors.Join(errs...)}
+}
+
+// newLinks returns the links whose index is not in tried, and adds them to
+// it.
+func newLinks(cfg Config, tried map[int]bool) []netlink.Link {
+	now, err := networkLinks()
+	if err != nil {
+		cfg.Log.Debug("network links", "err", err)
+		return nil
+	}
+	var fresh []netlink.Link
+	for _, l := range now {
+		if !tried[l.Attrs().Index] {
+			tried[l.Attrs().Index] = true
+			fresh = append(fresh, l)
+			cfg.Log.Debug("new link", "link", l.Attrs().Name)
+		}
+	}
+	return fresh
 }
 
 // errLost says another attempt won first.
